@@ -1,0 +1,373 @@
+"""Spatial plots of domain labels: per section, one cluster at a time, stacked in 3-D."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.colors as mcolors
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .._constants import Key
+from .._utils import get_coordinates
+from . import _utils as u
+
+
+def _panel_titles(
+    title: str | Sequence[str] | None, defaults: list[str]
+) -> tuple[list[str], str | None]:
+    """Per-panel titles and an optional figure title from the user's ``title``."""
+    if title is None:
+        return defaults, None
+    if isinstance(title, str):
+        return ([title], None) if len(defaults) == 1 else (defaults, title)
+    title = [str(t) for t in title]
+    if len(title) != len(defaults):
+        raise ValueError(f"`title` has {len(title)} entries for {len(defaults)} panels.")
+    return title, None
+
+
+def domains(
+    adata: AnnData,
+    *,
+    key: str = Key.obs.domains,
+    section_key: str | None = None,
+    sections: Sequence | None = None,
+    spatial_key: str = Key.obsm.spatial,
+    ncols: int = 4,
+    point_size: float | None = None,
+    palette: u.Palette = None,
+    title: str | Sequence[str] | None = None,
+    legend: bool = True,
+    invert_yaxis: bool = True,
+    panel_size: tuple[float, float] = (4.0, 4.0),
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure | None:
+    """Spatial scatter of the cells coloured by domain, one panel per section.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``
+        (the first two columns are plotted).
+    key
+        ``obs`` column of the labels, e.g. from :func:`spacon.tl.cluster`.
+    section_key
+        ``obs`` column of section ids: one panel per section. None: all cells in one panel.
+    sections
+        Sections to plot (default: all, in the column's order).
+    spatial_key
+        ``obsm`` key of the coordinates.
+    ncols
+        Panels per row.
+    point_size
+        Marker size (points^2); default ``120000 / n_cells`` of the largest panel.
+    palette
+        A matplotlib colormap name, a list of colours or a dict ``{category: colour}``;
+        default ``uns[f"{key}_colors"]`` if present, else scanpy's default colours.
+    title
+        Title of a single panel, figure title over several panels, or one per panel.
+    legend
+        Draw one legend for the whole figure.
+    invert_yaxis
+        Image convention (y grows downwards), as :func:`squidpy.pl.spatial_scatter`.
+    panel_size
+        Width and height of one panel in inches.
+    ax
+        Draw into this axes (single panel only).
+    show
+        Show the figure (``plt.show()``); default: only when matplotlib is interactive.
+    save
+        Path of a file to write (format from the suffix; parent folders are created).
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown. With
+    ``show=False`` the figure is not registered with pyplot, so nothing is left open.
+
+    Examples
+    --------
+    >>> import spacon as sp
+    >>> sp.pl.domains(adata, key="spacon", section_key="section", ncols=3)
+    >>> fig = sp.pl.domains(adata, show=False, save="figures/domains.png")
+    """
+    labels = u.get_labels(adata, key)
+    u.check_ncols(ncols)
+    coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
+    if section_key is None:
+        if sections is not None:
+            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
+        rows = [np.arange(adata.n_obs)]
+        default_titles = [key]
+    else:
+        col, chosen = u.section_values(adata, section_key, sections)
+        rows = u.section_indices(col, chosen)
+        default_titles = [str(s) for s in chosen]
+    titles, suptitle = _panel_titles(title, default_titles)
+    if ax is not None and len(rows) != 1:
+        raise ValueError(f"`ax` can hold a single panel, but {len(rows)} sections were selected.")
+
+    colors = u.category_colors(adata, key, labels.categories, palette)
+    rgba = mcolors.to_rgba_array(list(colors.values()))
+    codes = np.asarray(labels.codes)
+    size = point_size or u.default_point_size(max(len(m) for m in rows))
+
+    show = u.resolve_show(show)
+    if ax is None:
+        fig, axes = u.grid(len(rows), ncols, panel_size, show=show)
+    else:
+        fig, axes = ax.figure, [ax]
+    for a, idx, t in zip(axes, rows, titles, strict=True):
+        u.scatter_codes(
+            a, coords[idx], codes[idx], rgba, size=size, invert_yaxis=invert_yaxis, title=t
+        )
+    if suptitle is not None:
+        fig.suptitle(suptitle)
+    if legend:
+        present = set(np.unique(codes[np.concatenate(rows)]).tolist())
+        shown = {c: colors[c] for i, c in enumerate(labels.categories) if i in present}
+        if ax is None:
+            fig.tight_layout()
+            u.legend(fig, shown, title=key)
+        else:
+            u.legend_on_axes(ax, shown, title=key)
+    elif ax is None:
+        fig.tight_layout()
+    return u.finish(fig, show=show, save=save)
+
+
+def highlight(
+    adata: AnnData,
+    *,
+    key: str = Key.obs.domains,
+    groups: Sequence | None = None,
+    section_key: str | None = None,
+    sections: Sequence | None = None,
+    spatial_key: str = Key.obsm.spatial,
+    ncols: int = 4,
+    point_size: float | None = None,
+    palette: u.Palette = None,
+    background: str = u.GREY,
+    invert_yaxis: bool = True,
+    panel_size: tuple[float, float] = (3.0, 3.0),
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure | None:
+    """One small panel per domain: its cells in colour over all other cells in grey.
+
+    With ``section_key`` and several sections, the panels form a grid with one row per
+    domain and one column per section.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``.
+    key
+        ``obs`` column of the labels.
+    groups
+        Domains to show (default: all that occur, in category order).
+    section_key, sections
+        Section column and the sections to plot (see :func:`domains`).
+    spatial_key, ncols, point_size, palette, invert_yaxis, panel_size, show, save
+        As in :func:`domains` (``ncols`` only applies without sections).
+    background
+        Colour of the other cells.
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+
+    Examples
+    --------
+    >>> import spacon as sp
+    >>> sp.pl.highlight(adata, key="spacon", groups=["0", "3"])
+    """
+    labels = u.get_labels(adata, key)
+    u.check_ncols(ncols)
+    if not mcolors.is_color_like(background):
+        raise ValueError(f"`background` {background!r} is not a matplotlib colour.")
+    coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
+    codes = np.asarray(labels.codes)
+    cats = list(labels.categories)
+    if groups is None:
+        present = set(np.unique(codes[codes >= 0]).tolist())
+        chosen_groups = [c for i, c in enumerate(cats) if i in present]
+    else:
+        if isinstance(groups, str) or not isinstance(groups, Sequence | np.ndarray):
+            groups = [groups]
+        by_str = {str(c): c for c in cats}
+        missing = [g for g in groups if g not in cats and str(g) not in by_str]
+        if missing:
+            raise ValueError(
+                f"Groups {missing[:10]} not found in `adata.obs[{key!r}]` "
+                f"(categories: {cats[:10]})."
+            )
+        chosen_groups = [g if g in cats else by_str[str(g)] for g in groups]
+    if not chosen_groups:
+        raise ValueError(f"`adata.obs[{key!r}]` has no labelled cells to highlight.")
+    colors = u.category_colors(adata, key, cats, palette)
+
+    if section_key is None:
+        if sections is not None:
+            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
+        sec_rows, sec_names = [np.arange(adata.n_obs)], [None]
+    else:
+        col, chosen = u.section_values(adata, section_key, sections)
+        sec_rows, sec_names = u.section_indices(col, chosen), [str(s) for s in chosen]
+    panels = [(g, m, s) for g in chosen_groups for m, s in zip(sec_rows, sec_names, strict=True)]
+    cols = len(sec_rows) if len(sec_rows) > 1 else ncols
+    size = point_size or u.default_point_size(max(len(m) for m in sec_rows))
+
+    show = u.resolve_show(show)
+    fig, axes = u.grid(len(panels), cols, panel_size, show=show)
+    bg = mcolors.to_rgba_array([background])
+    for a, (g, mask, sec) in zip(axes, panels, strict=True):
+        is_g = codes[mask] == cats.index(g)
+        n_g = int(is_g.sum())
+        title = f"{g} ({n_g} cells)" if sec is None else f"{g} | {sec} ({n_g})"
+        u.scatter_codes(
+            a,
+            coords[mask],
+            np.where(is_g, 0, -1),
+            mcolors.to_rgba_array([colors[g]]),
+            size=size,
+            invert_yaxis=invert_yaxis,
+            title=title,
+            background=bg,
+        )
+    fig.tight_layout()
+    return u.finish(fig, show=show, save=save)
+
+
+def sections_3d(
+    adata: AnnData,
+    *,
+    key: str = Key.obs.domains,
+    section_key: str | None = None,
+    sections: Sequence | None = None,
+    spatial_key: str = Key.obsm.spatial,
+    z_aspect: float | None = None,
+    point_size: float | None = None,
+    palette: u.Palette = None,
+    max_cells: int | None = 200_000,
+    random_state: int = 0,
+    elev: float = 20.0,
+    azim: float = -60.0,
+    legend: bool = True,
+    title: str | None = None,
+    figsize: tuple[float, float] = (8.0, 6.0),
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure | None:
+    """Domains of stacked sections in a 3-D view.
+
+    With ``section_key``, each section is drawn at the height of its position in the
+    section order (the column's categories, or sorted ids), using the first two coordinate
+    columns in the plane. Without it, 3-D coordinates are plotted as they are.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``.
+    key
+        ``obs`` column of the labels.
+    section_key
+        ``obs`` column of section ids (needed for 2-D coordinates).
+    sections
+        Sections to stack (default all), bottom to top.
+    spatial_key
+        ``obsm`` key of the coordinates.
+    z_aspect
+        Height of the box relative to its larger horizontal side; default: true proportions
+        for 3-D coordinates, 0.6 for stacked sections.
+    point_size, palette
+        As in :func:`domains`.
+    max_cells
+        Plot a random subset of at most this many cells (3-D scatter is slow); None: all.
+    random_state
+        Seed of that subset.
+    elev, azim
+        View angles in degrees.
+    legend, title, figsize, show, save
+        As in :func:`domains`.
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+
+    Examples
+    --------
+    >>> import spacon as sp
+    >>> sp.pl.sections_3d(adata, section_key="section", max_cells=100_000)
+    """
+    labels = u.get_labels(adata, key)
+    coords = get_coordinates(adata, spatial_key=spatial_key)
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int | np.integer) or max_cells < 1
+    ):
+        raise ValueError(f"`max_cells` must be a positive integer or None, got {max_cells!r}.")
+    if z_aspect is not None and not z_aspect > 0:
+        raise ValueError(f"`z_aspect` must be positive, got {z_aspect!r}.")
+    if section_key is not None:
+        col, chosen = u.section_values(adata, section_key, sections)
+        rank = {s: i for i, s in enumerate(chosen)}
+        level = col.map(lambda v: rank.get(v, -1)).to_numpy(dtype=np.float64)
+        keep = level >= 0
+        xyz = np.column_stack([coords[:, 0], coords[:, 1], level])
+        default_aspect = 0.6
+    else:
+        if sections is not None:
+            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
+        if coords.shape[1] != 3:
+            raise ValueError(
+                f"`adata.obsm[{spatial_key!r}]` is 2-D: pass `section_key=` to stack the "
+                "sections, or 3-D coordinates."
+            )
+        keep = np.ones(adata.n_obs, dtype=bool)
+        xyz = coords
+        default_aspect = None
+    idx = np.flatnonzero(keep)
+    if max_cells is not None and len(idx) > max_cells:
+        rng = np.random.default_rng(random_state)
+        idx = np.sort(rng.choice(idx, size=int(max_cells), replace=False))
+    colors = u.category_colors(adata, key, labels.categories, palette)
+    rgba = mcolors.to_rgba_array(list(colors.values()))
+    codes = np.asarray(labels.codes)[idx]
+    pts = xyz[idx]
+    grey = mcolors.to_rgba_array([u.GREY])
+    cell_colors = np.where((codes >= 0)[:, None], rgba[np.maximum(codes, 0)], grey)
+    size = point_size or float(np.clip(30_000 / max(len(idx), 1), 0.05, 20.0))
+
+    show = u.resolve_show(show)
+    fig = u.new_figure(figsize, show=show)
+    ax = fig.add_subplot(projection="3d")
+    ax.scatter(
+        pts[:, 0], pts[:, 1], pts[:, 2], c=cell_colors, s=size, marker=".", linewidths=0,
+        depthshade=False, rasterized=True,
+    )
+    ext = np.ptp(pts, axis=0) if len(pts) else np.ones(3)
+    ext = np.where(ext > 0, ext, 1.0)
+    horiz = max(ext[0], ext[1])
+    aspect = z_aspect if z_aspect is not None else default_aspect
+    ax.set_box_aspect((ext[0], ext[1], ext[2] if aspect is None else aspect * horiz))
+    ax.view_init(elev=elev, azim=azim)
+    if section_key is not None:
+        step = max(1, int(np.ceil(len(chosen) / 12)))
+        ticks = list(range(0, len(chosen), step))
+        ax.set_zticks(ticks)
+        ax.set_zticklabels([str(chosen[i]) for i in ticks])
+        ax.set_zlabel(section_key)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
+    if legend:
+        present = set(np.unique(codes[codes >= 0]).tolist())
+        shown = {c: colors[c] for i, c in enumerate(labels.categories) if i in present}
+        u.legend(fig, shown, title=key)
+    return u.finish(fig, show=show, save=save)

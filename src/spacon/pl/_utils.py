@@ -1,0 +1,291 @@
+"""Private plotting helpers: figures, colours, categorical scatter panels, saving/showing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.colors as mcolors
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .._utils import check_adata
+
+#: Colour of the cells that are not highlighted.
+GREY = "#d3d3d3"
+
+Palette = str | Sequence[str] | Mapping[str, str] | None
+
+
+def resolve_show(show: bool | None) -> bool:
+    """``show=None`` means: show when matplotlib is interactive (IPython, notebooks)."""
+    return matplotlib.is_interactive() if show is None else bool(show)
+
+
+def new_figure(figsize: tuple[float, float], *, show: bool) -> Figure:
+    """A figure managed by pyplot only when it is to be shown, else a standalone one.
+
+    Standalone figures are never registered with pyplot, so nothing stays open.
+    """
+    if show:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize)
+    return Figure(figsize=figsize)
+
+
+def finish(
+    fig: Figure, *, show: bool, save: str | Path | None, dpi: float | None = None
+) -> Figure | None:
+    """Save (creating parent folders) and show; return the figure unless it was shown."""
+    if save is not None:
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        return None
+    return fig
+
+
+def grid(
+    n_panels: int,
+    ncols: int,
+    panel_size: tuple[float, float],
+    *,
+    show: bool,
+    projection: str | None = None,
+):
+    """Figure with ``n_panels`` axes in rows of ``ncols``; returns ``(fig, list of axes)``."""
+    ncols = max(1, min(int(ncols), n_panels))
+    nrows = int(np.ceil(n_panels / ncols))
+    figsize = (panel_size[0] * ncols, panel_size[1] * nrows)
+    fig = new_figure(figsize, show=show)
+    axes = [
+        fig.add_subplot(nrows, ncols, i + 1, projection=projection) for i in range(n_panels)
+    ]
+    return fig, axes
+
+
+def check_ncols(ncols: int) -> None:
+    if isinstance(ncols, bool) or not isinstance(ncols, int | np.integer) or ncols < 1:
+        raise ValueError(f"`ncols` must be a positive integer, got {ncols!r}.")
+
+
+def get_labels(adata: AnnData, key: str) -> pd.Categorical:
+    """``obs[key]`` as a Categorical (non-categorical columns are converted, not stored)."""
+    check_adata(adata, allow_view=True)
+    if not isinstance(key, str) or key not in adata.obs.columns:
+        raise KeyError(
+            f"Labels `adata.obs[{key!r}]` not found. Run `sp.tl.cluster(adata, key_added={key!r})` "
+            "first or pass an existing column as `key`."
+        )
+    col = adata.obs[key]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.array
+    if pd.api.types.is_float_dtype(col) and col.nunique() > 200:
+        raise TypeError(
+            f"`adata.obs[{key!r}]` looks continuous ({col.nunique()} distinct floats); "
+            "these plots show categorical labels such as domains."
+        )
+    return pd.Categorical(col)
+
+
+def default_palette(n: int) -> list[str]:
+    """scanpy's default colours for ``n`` categories (``turbo`` samples beyond 102)."""
+    from scanpy.plotting import palettes
+
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", [])
+    if len(cycle) >= n:
+        return list(cycle[:n])
+    if n <= 20:
+        return list(palettes.default_20[:n])
+    if n <= 28:
+        return list(palettes.default_28[:n])
+    if n <= len(palettes.default_102):
+        return list(palettes.default_102[:n])
+    cmap = matplotlib.colormaps["turbo"]
+    return [mcolors.to_hex(cmap(x)) for x in np.linspace(0, 1, n)]
+
+
+def category_colors(
+    adata: AnnData | None, key: str | None, categories: Sequence, palette: Palette
+) -> dict:
+    """Map every category to a colour.
+
+    ``palette``: None (``uns[f"{key}_colors"]`` if it fits, else scanpy's defaults), a
+    matplotlib colormap name, a list of colours, or a dict ``{category: colour}``.
+    """
+    categories = list(categories)
+    n = len(categories)
+    if palette is None:
+        stored = None if adata is None or key is None else adata.uns.get(f"{key}_colors")
+        usable = stored is not None and len(stored) >= n
+        if usable and all(mcolors.is_color_like(c) for c in stored):
+            colors = list(stored[:n])
+        else:
+            colors = default_palette(n)
+    elif isinstance(palette, str):
+        if palette not in matplotlib.colormaps:
+            raise ValueError(
+                f"`palette` {palette!r} is not a matplotlib colormap; pass a colormap name, "
+                "a list of colours or a dict {category: colour}."
+            )
+        cmap = matplotlib.colormaps[palette]
+        if isinstance(cmap, mcolors.ListedColormap) and cmap.N >= n:
+            colors = [mcolors.to_hex(c) for c in cmap.colors[:n]]
+        else:
+            colors = [mcolors.to_hex(cmap(x)) for x in np.linspace(0, 1, max(n, 1))][:n]
+    elif isinstance(palette, Mapping):
+        lookup = {str(k): v for k, v in palette.items()}
+        missing = [c for c in categories if str(c) not in lookup]
+        if missing:
+            raise ValueError(f"`palette` has no colour for categories {missing[:10]}.")
+        colors = [lookup[str(c)] for c in categories]
+    else:
+        colors = list(palette)
+        if len(colors) < n:
+            raise ValueError(f"`palette` has {len(colors)} colours for {n} categories.")
+        colors = colors[:n]
+    bad = [c for c in colors if not mcolors.is_color_like(c)]
+    if bad:
+        raise ValueError(f"`palette` contains invalid colours: {bad[:5]}.")
+    return dict(zip(categories, colors, strict=True))
+
+
+def default_point_size(n_cells: int) -> float:
+    """scanpy's rule (120000 / n) bounded to a readable range."""
+    return float(np.clip(120_000 / max(n_cells, 1), 0.05, 60.0))
+
+
+def scatter_codes(
+    ax: Axes,
+    xy: np.ndarray,
+    codes: np.ndarray,
+    rgba: np.ndarray,
+    *,
+    size: float,
+    invert_yaxis: bool,
+    title: str | None,
+    background: np.ndarray | None = None,
+) -> None:
+    """One scatter call for a panel: ``rgba[codes]`` colours; cells with code < 0 (no
+    label, or not highlighted) are drawn first, in ``background`` (default light grey)."""
+    bg = mcolors.to_rgba_array([GREY]) if background is None else background
+    if len(rgba) == 0:  # no categories at all
+        rgba = bg
+    order = np.argsort(codes >= 0, kind="stable")
+    colors = np.where((codes >= 0)[:, None], rgba[np.maximum(codes, 0)], bg)
+    ax.scatter(
+        xy[order, 0],
+        xy[order, 1],
+        c=colors[order],
+        s=size,
+        marker=".",
+        linewidths=0,
+        rasterized=len(xy) > 10_000,
+        plotnonfinite=True,
+    )
+    style_spatial_axes(ax, invert_yaxis=invert_yaxis, title=title)
+
+
+def style_spatial_axes(ax: Axes, *, invert_yaxis: bool, title: str | None) -> None:
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if invert_yaxis and not ax.yaxis_inverted():
+        ax.invert_yaxis()
+    if title is not None:
+        ax.set_title(title)
+
+
+def legend(fig: Figure, colors: Mapping, *, title: str | None = None) -> None:
+    """One legend for the whole figure, right of the panels."""
+    if not colors:
+        return
+    handles = _handles(colors)
+    n = len(handles)
+    ncol = 1 if n <= 14 else 2 if n <= 30 else 3
+    fig.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+        ncol=ncol,
+        title=title,
+    )
+
+
+def section_indices(col: pd.Series, chosen: Sequence) -> list[np.ndarray]:
+    """Row indices of each chosen section, in the order of ``chosen``."""
+    codes, uniques = pd.factorize(col)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes + 1, minlength=len(uniques) + 1)  # slot 0: missing ids
+    bounds = np.cumsum(counts)
+    position = {u: i for i, u in enumerate(uniques)}
+    return [order[bounds[position[s]] : bounds[position[s] + 1]] for s in chosen]
+
+
+def legend_on_axes(ax: Axes, colors: Mapping, *, title: str | None = None) -> None:
+    """Legend of a single user-supplied axes, right of it."""
+    if not colors:
+        return
+    n = len(colors)
+    ax.legend(
+        handles=_handles(colors),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+        ncol=1 if n <= 14 else 2 if n <= 30 else 3,
+        title=title,
+    )
+
+
+def _handles(colors: Mapping) -> list[Line2D]:
+    return [
+        Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=c,
+               markeredgewidth=0, label=str(cat))
+        for cat, c in colors.items()
+    ]
+
+
+def section_values(
+    adata: AnnData, section_key: str, sections: Sequence | None
+) -> tuple[pd.Series, list]:
+    """The section column and the sections to plot (validated, in the column's order)."""
+    if not isinstance(section_key, str) or section_key not in adata.obs.columns:
+        raise KeyError(
+            f"Section column `adata.obs[{section_key!r}]` not found; pass an existing column "
+            "as `section_key`."
+        )
+    col = adata.obs[section_key]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        available = [c for c in col.cat.categories if (col == c).any()]
+    else:
+        available = sorted(pd.unique(col.dropna()), key=lambda v: (str(type(v)), v))
+    if sections is None:
+        return col, available
+    if isinstance(sections, str) or not isinstance(sections, Sequence | np.ndarray | pd.Index):
+        sections = [sections]
+    lookup = {str(s): s for s in available}
+    chosen, missing = [], []
+    for s in sections:
+        if s in available:
+            chosen.append(s)
+        elif str(s) in lookup:
+            chosen.append(lookup[str(s)])
+        else:
+            missing.append(s)
+    if missing:
+        raise ValueError(
+            f"Sections {missing[:10]} not found in `adata.obs[{section_key!r}]` "
+            f"(available: {available[:10]}{' ...' if len(available) > 10 else ''})."
+        )
+    return col, chosen

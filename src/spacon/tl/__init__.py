@@ -1,0 +1,10 @@
+"""Tools: train the model, embed cells, cluster domains."""
+
+from ._cluster import cluster
+from ._embed import embed
+from ._model import SpaconModel
+from ._refine import refine
+from ._spacon import spacon
+from ._train import train
+
+__all__ = ["SpaconModel", "cluster", "embed", "refine", "spacon", "train"]

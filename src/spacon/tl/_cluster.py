@@ -1,0 +1,450 @@
+"""Spatial domains: mix the two embeddings by ``alpha`` and cluster the mix."""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp_sparse
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._constants import Key
+from .._utils import check_adata
+
+_METHODS = ("leiden", "louvain")
+_ALPHA_SCALES = ("exponential", "linear")
+# Bounds of the resolution search used by ``n_clusters=``.
+_MAX_SEARCH_STEPS = 30
+_RESOLUTION_BOUNDS = (1e-4, 1e4)
+
+
+def mixing_weight(
+    alpha: float, alpha_scale: Literal["exponential", "linear"] = "exponential"
+) -> float:
+    """Weight ``f`` of the connectome embedding for a given ``alpha``.
+
+    ``"exponential"`` is the published SpaCon scale,
+    ``f = (exp(-4 alpha) - 1) / (exp(-4) - 1)``; ``"linear"`` is ``f = alpha``.
+    """
+    if alpha_scale == "linear":
+        return float(alpha)
+    return float(np.expm1(-4.0 * alpha) / np.expm1(-4.0))
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """Standardise each column to mean 0, variance 1 (constant columns become 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std == 0] = 1.0
+    return (x - mean) / std
+
+
+def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.ndarray:
+    """``f * z(connectome) + (1 - f) * z(spatial)`` as ``float32`` (z = per-column z-score)."""
+    mixed = f * _zscore(connectome)
+    mixed += (1.0 - f) * _zscore(spatial)
+    return mixed.astype(np.float32)
+
+
+# Below this many cells scanpy uses an exact (brute-force) kNN search; above, pynndescent.
+_EXACT_KNN_MAX = 8192
+
+
+class _ScipyMatrixKnn:
+    """Wrap a kNN transformer so that it returns a ``scipy.sparse.csr_matrix``.
+
+    pynndescent returns a ``csr_array``, which scanpy 1.11 cannot read with scipy >= 1.17
+    (``getnnz(axis=)`` was removed from sparse arrays).
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self.inner.get_params(deep=deep)
+
+    def fit_transform(self, x):
+        return sp_sparse.csr_matrix(self.inner.fit_transform(x))
+
+
+def _neighbor_graph(
+    x: np.ndarray, *, n_neighbors: int, random_state: int
+) -> tuple[sp_sparse.csr_matrix, sp_sparse.csr_matrix, dict]:
+    """kNN graph of the rows of ``x``: (connectivities, distances, params).
+
+    The single place where the neighbour graph is built, so it can be swapped for a
+    faster backend at whole-brain scale. Uses :func:`scanpy.pp.neighbors` (UMAP
+    connectivities) on a throw-away AnnData, so nothing of the caller's is touched; for
+    large data the approximate search is pynndescent with UMAP's defaults, as in scanpy.
+    """
+    import scanpy as sc
+
+    n_obs = x.shape[0]
+    transformer = None
+    if n_obs >= _EXACT_KNN_MAX:
+        from pynndescent import PyNNDescentTransformer
+
+        transformer = _ScipyMatrixKnn(
+            PyNNDescentTransformer(
+                n_neighbors=n_neighbors,
+                metric="euclidean",
+                random_state=random_state,
+                n_jobs=sc.settings.n_jobs,
+                n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+                n_iters=max(5, round(np.log2(n_obs))),
+            )
+        )
+    tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n_obs).astype(str)))
+    tmp.obsm[Key.obsm.mixed] = x
+    sc.pp.neighbors(
+        tmp,
+        use_rep=Key.obsm.mixed,
+        n_neighbors=n_neighbors,
+        random_state=random_state,
+        transformer=transformer,
+    )
+    params = dict(tmp.uns["neighbors"]["params"])
+    params.setdefault("n_neighbors", n_neighbors)
+    if transformer is not None:
+        params["transformer"] = "pynndescent"
+    return tmp.obsp["connectivities"].tocsr(), tmp.obsp["distances"].tocsr(), params
+
+
+def _igraph(connectivities: sp_sparse.spmatrix, *, chunk: int = 5_000_000):
+    """Undirected weighted igraph graph, each edge of the symmetric matrix once.
+
+    Edges are added in chunks so the temporary Python edge list stays bounded
+    (a few hundred MB) even for 10^8 edges.
+    """
+    import igraph as ig
+
+    upper = sp_sparse.triu(connectivities, k=1).tocoo()
+    graph = ig.Graph(n=connectivities.shape[0], directed=False)
+    for start in range(0, upper.nnz, chunk):
+        stop = start + chunk
+        graph.add_edges(
+            list(zip(upper.row[start:stop].tolist(), upper.col[start:stop].tolist(), strict=True))
+        )
+    graph.es["weight"] = upper.data.astype(np.float64).tolist()
+    return graph
+
+
+def _partition(graph, *, method: str, resolution: float, random_state: int) -> np.ndarray:
+    """Community labels ``0..k-1`` (0 = largest community) of an igraph graph."""
+    import igraph as ig
+
+    ig.set_random_number_generator(random.Random(random_state))
+    try:
+        if method == "leiden":
+            # Same call as `sc.tl.leiden(flavor="igraph", n_iterations=2, directed=False)`.
+            part = graph.community_leiden(
+                objective_function="modularity",
+                weights="weight",
+                resolution=resolution,
+                n_iterations=2,
+            )
+        else:
+            part = graph.community_multilevel(weights="weight", resolution=resolution)
+    finally:
+        ig.set_random_number_generator(random)
+    membership = np.asarray(part.membership, dtype=np.int64)
+    # Renumber by decreasing size (ties: order of first appearance) for stable labels.
+    uniq, first, counts = np.unique(membership, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[np.searchsorted(uniq, membership)]
+
+
+def _search_resolution(
+    graph, *, target: int, method: str, start: float, random_state: int
+) -> tuple[np.ndarray, float]:
+    """Find a resolution that gives ``target`` communities (bisection in log space).
+
+    Returns the labels and resolution of the closest result found; warns when ``target``
+    was not reached within the search budget.
+    """
+    lo_bound, hi_bound = _RESOLUTION_BOUNDS
+    cache: dict[float, np.ndarray] = {}
+
+    def run(res: float) -> int:
+        if res not in cache:
+            cache[res] = _partition(graph, method=method, resolution=res, random_state=random_state)
+        return int(cache[res].max()) + 1
+
+    res = float(np.clip(start, lo_bound, hi_bound))
+    lo = hi = None  # resolutions known to give too few / too many clusters
+    for _ in range(_MAX_SEARCH_STEPS):
+        k = run(res)
+        if k == target:
+            break
+        if k < target:
+            lo = res if lo is None else max(lo, res)
+        else:
+            hi = res if hi is None else min(hi, res)
+        if lo is not None and hi is not None:
+            if abs(hi / lo - 1.0) < 1e-3:  # bracket collapsed: k jumps over target here
+                break
+            nxt = float(np.sqrt(lo * hi))
+        elif lo is not None:
+            nxt = min(lo * 4.0, hi_bound)
+        else:
+            nxt = max(hi / 4.0, lo_bound)
+        if nxt == res or nxt in cache:
+            break
+        res = nxt
+
+    def distance(r: float) -> tuple[int, float]:
+        return abs(int(cache[r].max()) + 1 - target), abs(np.log(r / start))
+
+    best = min(cache, key=distance)
+    found = int(cache[best].max()) + 1
+    if found != target:
+        logg.warning(
+            f"Could not find a resolution giving exactly {target} clusters after "
+            f"{len(cache)} tries; using resolution={best:.4g} with {found} clusters. "
+            "Try another `random_state` or `n_neighbors`, or set `resolution` directly."
+        )
+    return cache[best], best
+
+
+def _cluster_labels(
+    mixed: np.ndarray,
+    *,
+    n_neighbors: int,
+    method: str,
+    resolution: float,
+    n_clusters: int | None,
+    random_state: int,
+) -> tuple[np.ndarray, float, sp_sparse.csr_matrix, sp_sparse.csr_matrix, dict]:
+    """Neighbour graph + community detection on an array; touches no AnnData.
+
+    Returns ``(labels, final_resolution, connectivities, distances, neighbor_params)``.
+    """
+    conn, dist, nparams = _neighbor_graph(mixed, n_neighbors=n_neighbors, random_state=random_state)
+    graph = _igraph(conn)
+    if n_clusters is None:
+        labels = _partition(graph, method=method, resolution=resolution, random_state=random_state)
+    else:
+        labels, resolution = _search_resolution(
+            graph, target=n_clusters, method=method, start=resolution, random_state=random_state
+        )
+    return labels, float(resolution), conn, dist, nparams
+
+
+def _get_embeddings(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """Fetch and validate the spatial and connectome embeddings from ``obsm``."""
+    arrays = []
+    for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
+        if key not in adata.obsm:
+            raise KeyError(
+                f"Embedding `adata.obsm[{key!r}]` not found; run `sp.tl.embed(adata)` first."
+            )
+        arr = adata.obsm[key]
+        arr = arr.to_numpy() if isinstance(arr, pd.DataFrame) else np.asarray(arr)
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(
+                f"`adata.obsm[{key!r}]` must be a 2-D numeric array, got shape {arr.shape} "
+                f"and dtype {arr.dtype}. Re-run `sp.tl.embed(adata)`."
+            )
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"`adata.obsm[{key!r}]` contains NaN or infinite values; training probably "
+                "diverged. Re-run `sp.tl.train` (e.g. with a lower learning rate) and "
+                "`sp.tl.embed`."
+            )
+        arrays.append(arr)
+    spatial, connectome = arrays
+    if spatial.shape[1] != connectome.shape[1]:
+        raise ValueError(
+            f"The embeddings have different widths: `{Key.obsm.spatial_embedding}` has "
+            f"{spatial.shape[1]} columns, `{Key.obsm.connectome_embedding}` has "
+            f"{connectome.shape[1]}. They must come from the same model; re-run "
+            "`sp.tl.embed(adata)`."
+        )
+    return spatial, connectome
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def _check_cluster_options(
+    adata: AnnData,
+    *,
+    alpha: float,
+    alpha_scale: str,
+    n_clusters: int | None,
+    resolution: float,
+    method: str,
+    n_neighbors: int,
+) -> None:
+    """Validate the scalar options shared by :func:`cluster` and the alpha-sweep plot."""
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    if alpha_scale not in _ALPHA_SCALES:
+        raise ValueError(f"`alpha_scale` must be one of {_ALPHA_SCALES}, got {alpha_scale!r}.")
+    if not _is_real(alpha) or not 0 <= alpha <= 1:
+        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
+    if not _is_real(resolution) or not resolution > 0:
+        raise ValueError(f"`resolution` must be a positive number, got {resolution!r}.")
+    if n_clusters is not None and (not _is_int(n_clusters) or not 1 <= n_clusters <= adata.n_obs):
+        raise ValueError(
+            f"`n_clusters` must be an integer in [1, n_obs={adata.n_obs}] or None, "
+            f"got {n_clusters!r}."
+        )
+    if not _is_int(n_neighbors) or not 2 <= n_neighbors < adata.n_obs:
+        raise ValueError(
+            f"`n_neighbors` must be an integer in [2, n_obs) = [2, {adata.n_obs}), "
+            f"got {n_neighbors!r}."
+        )
+
+
+def cluster(
+    adata: AnnData,
+    *,
+    alpha: float = 1.0,
+    alpha_scale: Literal["exponential", "linear"] = "exponential",
+    n_clusters: int | None = None,
+    resolution: float = 1.0,
+    method: Literal["leiden", "louvain"] = "leiden",
+    n_neighbors: int = 40,
+    random_state: int = 0,
+    key_added: str = Key.obs.domains,
+    neighbors_key: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cluster cells into spatial domains from the alpha-weighted mix of both embeddings.
+
+    Each embedding (``obsm["X_spacon_spatial"]``, ``obsm["X_spacon_connectome"]``) is
+    z-scored per column and mixed as ``X = f * connectome + (1 - f) * spatial``. With
+    ``alpha_scale="exponential"`` (the published scale) ``f = (exp(-4 alpha) - 1) /
+    (exp(-4) - 1)``, which is far from linear: alpha = 0.1, 0.25, 0.5, 0.75 give
+    f = 0.34, 0.64, 0.88, 0.97. ``alpha_scale="linear"`` uses ``f = alpha``. A kNN graph
+    of the mix is built (:func:`scanpy.pp.neighbors`) and clustered with Leiden (igraph,
+    modularity, 2 iterations, as ``sc.tl.leiden(flavor="igraph")``) or Louvain (igraph's
+    multilevel). No UMAP is computed and nothing is written to disk.
+
+    Parameters
+    ----------
+    adata
+        Annotated data with both embeddings (run :func:`spacon.tl.embed` first).
+    alpha
+        Weight of the connectome in [0, 1]: 0 uses only the spatial embedding, 1 only
+        the connectome embedding.
+    alpha_scale
+        How ``alpha`` maps to the mixing weight ``f`` (see above).
+    n_clusters
+        If given, search the resolution (bisection in log space, at most 30 clusterings
+        on the same graph) for exactly this many clusters; if none hits it, the closest
+        is kept with a warning. ``resolution`` is then the starting point.
+    resolution
+        Modularity resolution; higher gives more clusters.
+    method
+        ``"leiden"`` or ``"louvain"``.
+    n_neighbors
+        Neighbours of the kNN graph on the mix.
+    random_state
+        Seed of the neighbour search and of the community detection.
+    key_added
+        ``obs`` column of the labels and ``uns`` key of the parameters.
+    neighbors_key
+        Where the kNN graph goes: ``obsp[f"{neighbors_key}_connectivities"]``,
+        ``obsp[f"{neighbors_key}_distances"]``, ``uns[neighbors_key]``. Defaults to
+        ``f"{key_added}_neighbors"`` so the user's ``"neighbors"`` graph is kept.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or the annotated copy if ``copy=True``. Writes ``obsm["X_spacon"]`` (the mix,
+    float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), the
+    neighbour graph under ``neighbors_key`` and ``uns[key_added]["params"]`` (``alpha``,
+    ``f``, ``alpha_scale``, ``method``, final ``resolution``, ``n_clusters`` found,
+    ``n_neighbors``, ``neighbors_key``, ``random_state`` and, when ``n_clusters`` was
+    given, ``n_clusters_requested``).
+
+    Examples
+    --------
+    >>> import spacon as sp
+    >>> sp.tl.cluster(adata, alpha=0.5, resolution=0.6)
+    >>> sp.tl.cluster(adata, alpha=1.0, n_clusters=8, key_added="spacon_k8")
+    >>> adata.obs["spacon"].value_counts()
+    """
+    check_adata(adata)
+    _check_cluster_options(
+        adata,
+        alpha=alpha,
+        alpha_scale=alpha_scale,
+        n_clusters=n_clusters,
+        resolution=resolution,
+        method=method,
+        n_neighbors=n_neighbors,
+    )
+    if not _is_int(random_state):
+        raise TypeError(f"`random_state` must be an integer, got {random_state!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if neighbors_key is None:
+        neighbors_key = f"{key_added}_neighbors"
+    elif not isinstance(neighbors_key, str) or not neighbors_key:
+        raise TypeError(f"`neighbors_key` must be a non-empty string, got {neighbors_key!r}.")
+    spatial, connectome = _get_embeddings(adata)
+
+    start = logg.info(f"clustering spatial domains ({method}, alpha={alpha})")
+    f = mixing_weight(alpha, alpha_scale)
+    mixed = mix_embeddings(spatial, connectome, f)
+    labels, final_res, conn, dist, nparams = _cluster_labels(
+        mixed,
+        n_neighbors=int(n_neighbors),
+        method=method,
+        resolution=float(resolution),
+        n_clusters=None if n_clusters is None else int(n_clusters),
+        random_state=int(random_state),
+    )
+    n_found = int(labels.max()) + 1
+
+    adata = adata.copy() if copy else adata
+    adata.obsm[Key.obsm.mixed] = mixed
+    conn_key, dist_key = Key.connectivities(neighbors_key), Key.distances(neighbors_key)
+    adata.obsp[conn_key] = conn
+    adata.obsp[dist_key] = dist
+    adata.uns[neighbors_key] = {
+        "connectivities_key": conn_key,
+        "distances_key": dist_key,
+        "params": nparams,
+    }
+    categories = [str(i) for i in range(n_found)]
+    adata.obs[key_added] = pd.Categorical.from_codes(labels, categories=categories)
+    params = {
+        "alpha": float(alpha),
+        "f": f,
+        "alpha_scale": alpha_scale,
+        "method": method,
+        "resolution": final_res,
+        "n_clusters": n_found,
+        "n_neighbors": int(n_neighbors),
+        "neighbors_key": neighbors_key,
+        "random_state": int(random_state),
+    }
+    if n_clusters is not None:
+        params["n_clusters_requested"] = int(n_clusters)
+    adata.uns[key_added] = {"params": params}
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"found {n_found} domains (f={f:.3g}, resolution={final_res:.4g}) and added\n"
+            f"    {key_added!r}, the domain labels (adata.obs, categorical)\n"
+            f"    {Key.obsm.mixed!r}, the mixed embedding (adata.obsm)"
+        ),
+    )
+    return adata if copy else None

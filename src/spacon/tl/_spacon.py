@@ -1,0 +1,127 @@
+"""The one-liner: graphs, training, embedding and domains in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .. import pp
+from .._constants import Key
+from .._utils import check_adata, rollback_on_error
+from ._cluster import cluster
+from ._embed import embed
+from ._refine import refine as refine_domains
+from ._train import train
+
+
+def spacon(
+    adata: AnnData,
+    fc: Any = None,
+    *,
+    alpha: float = 1.0,
+    n_clusters: int | None = None,
+    resolution: float = 1.0,
+    refine: bool = False,
+    spatial_key: str = Key.obsm.spatial,
+    section_key: str | None = None,
+    spatial_graph_kwargs: Mapping[str, Any] | None = None,
+    connectivity_kwargs: Mapping[str, Any] | None = None,
+    train_kwargs: Mapping[str, Any] | None = None,
+    random_state: int = 0,
+    key_added: str = Key.obs.domains,
+    copy: bool = False,
+) -> AnnData | None:
+    """Run the whole SpaCon pipeline: graphs → train → embed → cluster (→ refine).
+
+    Builds whatever graph is missing: the spatial graph with :func:`spacon.pp.spatial_graph`
+    unless ``obsp["spatial_connectivities"]`` exists (e.g. from squidpy), and the connectome
+    with :func:`spacon.pp.connectivity` from ``fc``, else reuses
+    ``obsp["connectome_connectivities"]``. With neither, it runs in **spatial-only mode**:
+    the spatial graph stands in for the connectome (a STAGATE-like model) and ``alpha`` only
+    mixes two views of the same graph.
+
+    If any step fails, ``adata`` is restored to its state before the call.
+
+    Parameters
+    ----------
+    adata
+        Cells or spots with log-normalised expression and coordinates in
+        ``obsm[spatial_key]``.
+    fc
+        Connectivity, anything :func:`spacon.pp.connectivity` accepts, or ``None``.
+    alpha
+        Weight of the connectome embedding, see :func:`spacon.tl.cluster`.
+    n_clusters
+        Number of domains; searched by resolution. Overrides ``resolution``.
+    resolution
+        Leiden resolution when ``n_clusters`` is not given.
+    refine
+        Also smooth the labels with :func:`spacon.tl.refine` (to ``obs[f"{key_added}_refined"]``).
+    spatial_key
+        ``obsm`` key of the coordinates.
+    section_key
+        ``obs`` column of sections for multi-section data.
+    spatial_graph_kwargs, connectivity_kwargs, train_kwargs
+        Extra options for :func:`spacon.pp.spatial_graph`, :func:`spacon.pp.connectivity`
+        and :func:`spacon.tl.train`.
+    random_state
+        Seed for training and clustering.
+    key_added
+        ``obs`` column of the domains.
+    copy
+        Work on and return a copy.
+
+    Returns
+    -------
+    The annotated copy when ``copy=True``, else ``None``.
+
+    Examples
+    --------
+    >>> import spacon as sp
+    >>> adata = sp.datasets.flatmap(n_spots=600, n_genes=100)
+    >>> fc = adata.obsp.pop("functional_connectivity")
+    >>> sp.tl.spacon(adata, fc, connectivity_kwargs={"threshold": 0.8, "top_k": 0.1}, n_clusters=4)
+    """
+    check_adata(adata)
+    adata = adata.copy() if copy else adata
+    start = logg.info("running spacon")
+    with rollback_on_error(adata):
+        if Key.obsp.spatial_connectivities not in adata.obsp:
+            pp.spatial_graph(
+                adata,
+                spatial_key=spatial_key,
+                section_key=section_key,
+                **dict(spatial_graph_kwargs or {}),
+            )
+        else:
+            logg.info(f"    using the existing `obsp[{Key.obsp.spatial_connectivities!r}]`")
+        connectome_key = Key.obsp.connectome_connectivities
+        if fc is not None:
+            options = {"spatial_key": spatial_key, **dict(connectivity_kwargs or {})}
+            pp.connectivity(adata, fc, **options)
+        elif connectome_key in adata.obsp:
+            logg.info(f"    using the existing `obsp[{connectome_key!r}]`")
+        else:
+            connectome_key = Key.obsp.spatial_connectivities
+            logg.info(
+                "    no connectome given: spatial-only mode, the spatial graph stands in for "
+                "the connectome"
+            )
+        options = {"random_state": random_state, **dict(train_kwargs or {})}
+        model = train(adata, connectome_graph_key=connectome_key, **options)
+        embed(adata, model=model)
+        cluster(
+            adata,
+            alpha=alpha,
+            n_clusters=n_clusters,
+            resolution=resolution,
+            random_state=random_state,
+            key_added=key_added,
+        )
+        if refine:
+            refine_domains(adata, key=key_added, spatial_key=spatial_key, section_key=section_key)
+    logg.info("    finished spacon", time=start)
+    return adata if copy else None

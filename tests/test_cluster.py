@@ -1,0 +1,378 @@
+"""Tests of spacon.tl.cluster and spacon.tl.refine on fabricated embeddings and labels."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from spacon import Key
+from spacon.tl._cluster import cluster, mix_embeddings, mixing_weight
+from spacon.tl._refine import refine
+
+N_CELLS = 300
+
+
+def _planted(n: int = N_CELLS, seed: int = 0) -> ad.AnnData:
+    """Spatial embedding with 3 planted clusters, connectome embedding with 4 others."""
+    rng = np.random.default_rng(seed)
+    spa_lab = rng.integers(0, 3, n)
+    con_lab = rng.integers(0, 4, n)
+    width = 8
+    spa = rng.normal(scale=8.0, size=(3, width))[spa_lab] + rng.normal(size=(n, width))
+    con = rng.normal(scale=8.0, size=(4, width))[con_lab] + rng.normal(size=(n, width))
+    adata = ad.AnnData(
+        obs=pd.DataFrame(
+            {"spa_truth": spa_lab, "con_truth": con_lab}, index=[f"c{i}" for i in range(n)]
+        ),
+        obsm={
+            Key.obsm.spatial_embedding: spa.astype(np.float32),
+            Key.obsm.connectome_embedding: con.astype(np.float32),
+            Key.obsm.spatial: rng.random((n, 2)),
+        },
+    )
+    return adata
+
+
+@pytest.fixture(scope="module")
+def clustered() -> ad.AnnData:
+    adata = _planted()
+    cluster(adata, alpha=0.0, n_clusters=3)
+    return adata
+
+
+def _snapshot(adata: ad.AnnData) -> dict:
+    return {
+        "obs": adata.obs.copy(),
+        "obsm": {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
+        "obsp": sorted(adata.obsp.keys()),
+        "uns": sorted(adata.uns.keys()),
+    }
+
+
+def _assert_unchanged(adata: ad.AnnData, snap: dict) -> None:
+    pd.testing.assert_frame_equal(adata.obs, snap["obs"])
+    assert sorted(adata.obsm.keys()) == sorted(snap["obsm"])
+    for k, v in snap["obsm"].items():
+        np.testing.assert_array_equal(np.asarray(adata.obsm[k]), v)
+    assert sorted(adata.obsp.keys()) == snap["obsp"]
+    assert sorted(adata.uns.keys()) == snap["uns"]
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def test_mixing_weight_values():
+    assert mixing_weight(0.0) == 0.0
+    assert mixing_weight(1.0) == pytest.approx(1.0)
+    assert mixing_weight(0.5) == pytest.approx(0.8808, abs=1e-4)
+    assert mixing_weight(0.25) == pytest.approx((np.exp(-1) - 1) / (np.exp(-4) - 1))
+    assert mixing_weight(0.3, "linear") == 0.3
+    assert mixing_weight(0.0, "linear") == 0.0
+
+
+def test_keys_and_dtypes(clustered):
+    adata = clustered
+    labels = adata.obs[Key.obs.domains]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    assert list(labels.cat.categories) == ["0", "1", "2"]
+    # "0" is the largest domain
+    counts = labels.value_counts()
+    assert counts["0"] == counts.max()
+    mixed = adata.obsm[Key.obsm.mixed]
+    assert mixed.dtype == np.float32 and mixed.shape == (N_CELLS, 8)
+    nk = "spacon_neighbors"
+    assert adata.uns[nk]["connectivities_key"] == f"{nk}_connectivities"
+    assert adata.obsp[f"{nk}_connectivities"].shape == (N_CELLS, N_CELLS)
+    assert adata.obsp[f"{nk}_distances"].nnz > 0
+    assert "neighbors" not in adata.uns and "connectivities" not in adata.obsp
+    assert "X_umap" not in adata.obsm
+    params = adata.uns[Key.obs.domains]["params"]
+    assert params["alpha"] == 0.0 and params["f"] == 0.0
+    assert params["alpha_scale"] == "exponential" and params["method"] == "leiden"
+    assert params["n_clusters"] == 3 and params["n_clusters_requested"] == 3
+    assert params["n_neighbors"] == 40 and params["neighbors_key"] == nk
+    assert params["random_state"] == 0 and params["resolution"] > 0
+    assert all(v is not None for v in params.values())
+
+
+def test_mix_is_weighted_zscores():
+    adata = _planted(n=120)
+    spa = adata.obsm[Key.obsm.spatial_embedding].astype(np.float64)
+    con = adata.obsm[Key.obsm.connectome_embedding].astype(np.float64)
+    f = mixing_weight(0.5)
+    z = lambda x: (x - x.mean(0)) / x.std(0)  # noqa: E731
+    expected = f * z(con) + (1 - f) * z(spa)
+    np.testing.assert_allclose(mix_embeddings(spa, con, f), expected, atol=1e-5)
+    # a constant column does not produce NaN
+    spa[:, 0] = 3.0
+    assert np.isfinite(mix_embeddings(spa, con, f)).all()
+
+
+def test_alpha_0_recovers_spatial_and_1_connectome(clustered):
+    ari = adjusted_rand_score(clustered.obs["spa_truth"], clustered.obs[Key.obs.domains])
+    assert ari > 0.9
+    adata = clustered.copy()
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="con")
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["con"]) > 0.9
+    assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs["con"]) < 0.2
+    assert adata.uns["con"]["params"]["f"] == pytest.approx(1.0)
+
+
+def test_linear_scale_and_louvain(clustered):
+    adata = clustered.copy()
+    cluster(adata, alpha=1.0, alpha_scale="linear", method="louvain", n_clusters=4, key_added="lv")
+    assert adata.uns["lv"]["params"]["method"] == "louvain"
+    assert adata.uns["lv"]["params"]["f"] == 1.0
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["lv"]) > 0.9
+
+
+def test_n_clusters_search_hits_k_and_resolution_reproduces(clustered):
+    adata = clustered.copy()
+    cluster(adata, alpha=0.5, n_clusters=6, key_added="k6")
+    params = adata.uns["k6"]["params"]
+    assert adata.obs["k6"].nunique() == 6 == params["n_clusters"]
+    cluster(adata, alpha=0.5, resolution=params["resolution"], key_added="again")
+    assert (adata.obs["again"] == adata.obs["k6"]).all()
+    assert "n_clusters_requested" not in adata.uns["again"]["params"]
+
+
+def test_impossible_n_clusters_warns_and_keeps_closest(clustered, monkeypatch):
+    # the kNN graph of 3 well-separated blobs has 3 components: 1 cluster is impossible
+    from spacon.tl import _cluster
+
+    warnings = []
+    monkeypatch.setattr(_cluster.logg, "warning", lambda msg, *a, **k: warnings.append(msg))
+    adata = clustered.copy()
+    cluster(adata, alpha=0.0, n_clusters=1, n_neighbors=10, key_added="one")
+    assert adata.obs["one"].nunique() == adata.uns["one"]["params"]["n_clusters"] == 3
+    assert len(warnings) == 1 and "exactly 1 clusters" in warnings[0]
+
+
+def test_deterministic_and_own_neighbors_untouched(clustered):
+    adata = clustered.copy()
+    import scipy.sparse as sp_sparse
+
+    adata.obsp["connectivities"] = sp_sparse.random(
+        N_CELLS, N_CELLS, density=0.01, format="csr", random_state=0
+    )
+    user_uns = {"connectivities_key": "connectivities", "params": {"n_neighbors": 7}}
+    adata.uns["neighbors"] = user_uns
+    user_conn = adata.obsp["connectivities"].copy()
+    cluster(adata, alpha=0.0, n_clusters=3, key_added="again", neighbors_key="mine")
+    assert (adata.obs["again"] == adata.obs[Key.obs.domains]).all()
+    assert adata.uns["neighbors"] == {
+        "connectivities_key": "connectivities",
+        "params": {"n_neighbors": 7},
+    }
+    assert (adata.obsp["connectivities"] != user_conn).nnz == 0
+    assert "mine_connectivities" in adata.obsp
+    assert adata.uns["again"]["params"]["neighbors_key"] == "mine"
+
+
+def test_copy_leaves_original(clustered):
+    adata = _planted(n=150)
+    snap = _snapshot(adata)
+    out = cluster(adata, alpha=1.0, copy=True)
+    _assert_unchanged(adata, snap)
+    assert isinstance(out, ad.AnnData) and Key.obs.domains in out.obs
+    assert cluster(adata, alpha=1.0) is None and Key.obs.domains in adata.obs
+
+
+def test_h5ad_round_trip(clustered, tmp_path):
+    path = tmp_path / "clustered.h5ad"
+    clustered.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    assert (back.obs[Key.obs.domains] == clustered.obs[Key.obs.domains]).all()
+    assert back.uns[Key.obs.domains]["params"]["method"] == "leiden"
+    assert back.uns[Key.obs.domains]["params"]["f"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"alpha": -0.1}, ValueError, "alpha"),
+        ({"alpha": 1.5}, ValueError, "alpha"),
+        ({"resolution": 0}, ValueError, "resolution"),
+        ({"resolution": -1.0}, ValueError, "resolution"),
+        ({"n_clusters": 0}, ValueError, "n_clusters"),
+        ({"n_clusters": 61}, ValueError, "n_clusters"),
+        ({"n_neighbors": 60}, ValueError, "n_neighbors"),
+        ({"n_neighbors": 1}, ValueError, "n_neighbors"),
+        ({"method": "kmeans"}, ValueError, "method"),
+        ({"alpha_scale": "log"}, ValueError, "alpha_scale"),
+        ({"random_state": 0.5}, TypeError, "random_state"),
+    ],
+)
+def test_option_errors_leave_adata_unchanged(kwargs, error, match):
+    adata = _planted(n=60)
+    snap = _snapshot(adata)
+    with pytest.raises(error, match=match):
+        cluster(adata, **kwargs)
+    _assert_unchanged(adata, snap)
+
+
+@pytest.mark.parametrize("problem", ["missing", "nan", "width"])
+def test_embedding_errors_leave_adata_unchanged(problem):
+    adata = _planted(n=60)
+    if problem == "missing":
+        del adata.obsm[Key.obsm.connectome_embedding]
+        error, match = KeyError, r"sp\.tl\.embed"
+    elif problem == "nan":
+        adata.obsm[Key.obsm.spatial_embedding][3, 2] = np.nan
+        error, match = ValueError, "NaN"
+    else:
+        adata.obsm[Key.obsm.connectome_embedding] = adata.obsm[Key.obsm.connectome_embedding][:, :5]
+        error, match = ValueError, "widths"
+    snap = _snapshot(adata)
+    with pytest.raises(error, match=match):
+        cluster(adata)
+    _assert_unchanged(adata, snap)
+
+
+# ----------------------------------------------------------------------------- refine
+
+
+def _line(labels, positions=(0.0, 1.0, 3.2, 7.0, 12.0, 18.0), categories=("a", "b", "c", "d")):
+    n = len(labels)
+    return ad.AnnData(
+        obs=pd.DataFrame(
+            {"lab": pd.Categorical(list(labels), categories=list(categories))},
+            index=[f"c{i}" for i in range(n)],
+        ),
+        obsm={"spatial": np.column_stack([np.asarray(positions[:n], float), np.zeros(n)])},
+    )
+
+
+def test_refine_hand_made_votes_and_ties():
+    # positions 0, 1, 3.2, 7, 12, 18; two nearest other cells of each:
+    # c0: c1(b) c2(a) -> tie, own a kept      c1: c0(a) c2(a) -> a
+    # c2: c1(b) c0(a) -> tie, own a kept      c3: c2(a) c4(b) -> tie, own c not tied -> nearest a
+    # c4: c3(c) c5(b) -> tie, own b kept      c5: c4(b) c3(c) -> tie, own b kept
+    adata = _line("abacbb")
+    refine(adata, key="lab", n_neighbors=2)
+    out = adata.obs["lab_refined"]
+    assert list(out) == list("aaaabb")
+    assert list(out.cat.categories) == ["a", "b", "c", "d"]
+    params = adata.uns["lab_refined"]["params"]
+    assert params == {"key": "lab", "n_neighbors": 2, "spatial_key": "spatial"}
+    assert adata.uns["lab_refined"]["n_changed"] == 2
+    # one neighbour: every cell takes its nearest other cell's label (itself does not vote)
+    refine(adata, key="lab", n_neighbors=1, key_added="k1")
+    assert list(adata.obs["k1"]) == list("babacb")
+
+
+def test_refine_smooths_noise_and_copies_colors():
+    rng = np.random.default_rng(1)
+    xy = np.stack(np.meshgrid(np.arange(40), np.arange(40)), -1).reshape(-1, 2).astype(float)
+    truth = np.where(xy[:, 0] < 20, "left", "right")
+    noisy = truth.copy()
+    flip = rng.random(len(truth)) < 0.1
+    noisy[flip] = np.where(truth[flip] == "left", "right", "left")
+    adata = ad.AnnData(
+        obs=pd.DataFrame({"d": pd.Categorical(noisy)}, index=[str(i) for i in range(len(xy))]),
+        obsm={"spatial": xy},
+    )
+    adata.uns["d_colors"] = ["#ff0000", "#0000ff"]
+    out = refine(adata, key="d", n_neighbors=8, key_added="smooth", copy=True)
+    assert "smooth" not in adata.obs
+    assert (out.obs["smooth"].to_numpy() == truth).mean() > 0.97
+    assert (noisy == truth).mean() < 0.92
+    assert out.uns["smooth_colors"] == ["#ff0000", "#0000ff"]
+
+
+def test_refine_per_section():
+    # two sections on the same coordinates: section A all "a" but one "b", section B all "b"
+    xy = np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2).astype(float)
+    n = len(xy)
+    lab_a = np.array(["a"] * n)
+    lab_a[14] = "b"
+    labels = np.concatenate([lab_a, ["b"] * n])
+    adata = ad.AnnData(
+        obs=pd.DataFrame(
+            {"lab": pd.Categorical(labels), "section": ["A"] * n + ["B"] * n},
+            index=[str(i) for i in range(2 * n)],
+        ),
+        obsm={"spatial": np.concatenate([xy, xy])},
+    )
+    refine(adata, key="lab", n_neighbors=4, section_key="section", key_added="per")
+    per = adata.obs["per"].to_numpy()
+    assert (per[:n] == "a").all() and (per[n:] == "b").all()
+    assert adata.uns["per"]["params"]["section_key"] == "section"
+    refine(adata, key="lab", n_neighbors=4, key_added="pooled")
+    assert (adata.obs["pooled"].to_numpy() != per).any()
+
+
+def test_refine_duplicate_coordinates():
+    adata = _line("aabbb", positions=(0.0,) * 5)
+    refine(adata, key="lab", n_neighbors=4)
+    # cell 0 sees a, b, b, b -> b; cell 1 sees a, b, b, b -> b; b cells see a, a, b, b -> tie, own b
+    assert list(adata.obs["lab_refined"]) == list("bbbbb")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"key": "nope"}, KeyError, "nope"),
+        ({"n_neighbors": 0}, ValueError, "n_neighbors"),
+        ({"n_neighbors": 6}, ValueError, "n_neighbors"),
+        ({"spatial_key": "xy"}, KeyError, "xy"),
+        ({"section_key": "sec"}, KeyError, "sec"),
+    ],
+)
+def test_refine_errors_leave_adata_unchanged(kwargs, error, match):
+    adata = _line("abacbb")
+    kwargs = {"key": "lab", "n_neighbors": 2, **kwargs}
+    snap = _snapshot(adata)
+    with pytest.raises(error, match=match):
+        refine(adata, **kwargs)
+    _assert_unchanged(adata, snap)
+
+
+def test_refine_missing_labels_error():
+    adata = _line("abacbb")
+    adata.obs.loc["c2", "lab"] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        refine(adata, key="lab", n_neighbors=2)
+    assert "lab_refined" not in adata.obs
+
+
+@pytest.mark.slow
+def test_approximate_knn_path(monkeypatch):
+    # large data go through pynndescent (wrapped to return a scipy matrix for scanpy)
+    from spacon.tl import _cluster
+
+    monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
+    adata = _planted()
+    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15)
+    assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
+    assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs[Key.obs.domains]) > 0.9
+
+
+def test_large_data_knn_wrapper_feeds_scanpy_a_scipy_matrix(monkeypatch):
+    # pynndescent returns a csr_array, which scanpy 1.11 cannot read with scipy >= 1.17;
+    # a stand-in with the same output type checks the wrapper without compiling pynndescent
+    import pynndescent
+    import scipy.sparse as sp_sparse
+    from sklearn.neighbors import KNeighborsTransformer
+
+    from spacon.tl import _cluster
+
+    class FakeNNDescent:
+        def __init__(self, *, n_neighbors, metric, random_state, n_jobs, n_trees, n_iters):
+            self.knn = KNeighborsTransformer(n_neighbors=n_neighbors, metric=metric)
+
+        def get_params(self, deep=True):
+            return self.knn.get_params(deep=deep)
+
+        def fit_transform(self, x):
+            return sp_sparse.csr_array(self.knn.fit_transform(x))
+
+    monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
+    monkeypatch.setattr(pynndescent, "PyNNDescentTransformer", FakeNNDescent)
+    adata = _planted()
+    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15)
+    assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
+    assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs[Key.obs.domains]) > 0.9
