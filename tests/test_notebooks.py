@@ -1,0 +1,43 @@
+"""The tutorials in notebooks/ execute top to bottom (on smaller data) and are stored clean."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_tutorials_exist():
+    names = {path.name for path in NOTEBOOKS}
+    assert {"tutorial_1_flatmap.ipynb", "tutorial_2_osmfish.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_no_stored_outputs(path):
+    book = json.loads(path.read_text())
+    for cell in book["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("SPACON_TUTORIAL_QUICK", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.execute()
+    text = "\n".join(
+        out.get("text", "") for cell in book.cells if cell.cell_type == "code"
+        for out in cell.outputs
+    )
+    assert "ARI" in text
