@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -11,6 +13,13 @@ import scipy.sparse as sp_sparse
 from anndata import AnnData
 
 from ._constants import Key
+
+#: Environment variable that overrides the memory budget of :func:`check_memory_budget`:
+#: a number of bytes, optionally with a ``K``/``M``/``G``/``T`` suffix (``"8G"``), or ``0``
+#: to switch the guard off.
+MEMORY_BUDGET_ENV = "SPACON_MAX_MEMORY"
+#: Without that variable, one allocation may take this share of the available memory.
+MEMORY_FRACTION = 0.8
 
 
 def check_adata(adata: object, *, allow_view: bool = False) -> AnnData:
@@ -150,3 +159,140 @@ def rollback_on_error(adata: AnnData) -> Iterator[None]:
             for key, value in saved.items():
                 mapping[key] = value
         raise
+
+
+# ----------------------------------------------------------------------- feature checks
+
+
+def _value_sample(data: np.ndarray | sp_sparse.spmatrix, size: int = 1 << 20) -> np.ndarray:
+    """Up to about ``size`` values of ``data`` (stored values if sparse), evenly spread."""
+    if sp_sparse.issparse(data):
+        values = sp_sparse.csr_matrix(data).data
+        return np.asarray(values[:: max(1, values.size // size)])
+    rows = max(1, size // max(1, data.shape[1]))
+    return np.asarray(data[:: max(1, data.shape[0] // rows)]).ravel()
+
+
+def _all_zero_columns(data: np.ndarray | sp_sparse.spmatrix) -> int:
+    """Number of columns of ``data`` without a non-zero value (read in row chunks)."""
+    n_obs, n_cols = data.shape
+    if sp_sparse.issparse(data):
+        csr = sp_sparse.csr_matrix(data)
+        nonzero = np.bincount(csr.indices[csr.data != 0], minlength=n_cols) > 0
+    else:
+        nonzero = np.zeros(n_cols, dtype=bool)
+        step = max(1, (1 << 24) // max(1, n_cols))
+        for start in range(0, n_obs, step):
+            nonzero |= np.any(np.asarray(data[start : start + step]) != 0, axis=0)
+    return int(n_cols - nonzero.sum())
+
+
+def feature_warnings(data: np.ndarray | sp_sparse.spmatrix, where: str) -> list[str]:
+    """Warnings (not errors) about a finite, numeric feature matrix the model will read.
+
+    - Raw counts: every sampled value is a non-negative integer and some exceed 1 (binary
+      data are left alone). The model expects log-normalised expression.
+    - All-zero features (genes without a count in any cell): they carry no signal.
+    """
+    messages = []
+    sample = _value_sample(data)
+    if sample.size and sample.dtype != bool:
+        integral = np.issubdtype(sample.dtype, np.integer) or bool(
+            np.all(sample == np.round(sample))
+        )
+        if integral and sample.min() >= 0 and sample.max() > 1:
+            messages.append(
+                f"{where} looks like raw counts (non-negative integers); spacon expects "
+                "log-normalised expression: run `sc.pp.normalize_total(adata)` and "
+                "`sc.pp.log1p(adata)` first (or pass `layer=`/`use_rep=`)."
+            )
+    n_zero = _all_zero_columns(data)
+    if n_zero:
+        messages.append(
+            f"{n_zero} of {data.shape[1]} features of {where} are zero in every cell and carry "
+            "no signal; drop them with `sc.pp.filter_genes(adata, min_cells=1)`."
+        )
+    return messages
+
+
+# ------------------------------------------------------------------------ memory guard
+
+
+class MemoryBudgetError(MemoryError, ValueError):
+    """An allocation spacon was asked for would exceed the memory budget.
+
+    Both a :class:`MemoryError` and a :class:`ValueError` (a user error: the fix is
+    another option), so that ``except ValueError`` catches it too.
+    """
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(
+            f"{MEMORY_BUDGET_ENV}={text!r} is not a size; use a number of bytes, optionally "
+            "with a K, M, G or T suffix (e.g. '8G'), or 0 to disable the memory guard."
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget() -> int | None:
+    """The most bytes one allocation may take; None when the guard is off or unknown.
+
+    ``$SPACON_MAX_MEMORY`` when set (``0`` turns the guard off), else
+    :data:`MEMORY_FRACTION` of :func:`available_memory`.
+    """
+    override = os.environ.get(MEMORY_BUDGET_ENV)
+    if override is not None and override.strip():
+        budget = _parse_bytes(override)
+        return budget if budget > 0 else None
+    available = available_memory()
+    return None if available is None else int(MEMORY_FRACTION * available)
+
+
+def _format_bytes(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n_bytes) < 1024:
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} TB"
+
+
+def check_memory_budget(n_bytes: float, what: str, hint: str) -> None:
+    """Fail fast when ``what`` would need ``n_bytes`` of memory, more than :func:`memory_budget`.
+
+    Better a clear error that names another route (``hint``) than a process killed by the
+    operating system's out-of-memory killer. Override the budget with the environment
+    variable ``SPACON_MAX_MEMORY`` (e.g. ``"64G"``, or ``0`` to disable the check).
+    """
+    budget = memory_budget()
+    if budget is None or n_bytes <= budget:
+        return
+    source = (
+        f"${MEMORY_BUDGET_ENV}"
+        if os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+        else f"{MEMORY_FRACTION:.0%} of the available memory"
+    )
+    raise MemoryBudgetError(
+        f"{what} would need about {_format_bytes(n_bytes)} of memory, more than the "
+        f"{_format_bytes(budget)} spacon allows itself ({source}). {hint} To try anyway, "
+        f"raise the budget, e.g. `export {MEMORY_BUDGET_ENV}=64G` (`0` disables the check)."
+    )

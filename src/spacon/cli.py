@@ -7,6 +7,8 @@ stderr and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +60,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=float, default=None, help="keep weights above this")
     run.add_argument("--top-k", type=float, default=None, help="edges kept per cell (or fraction)")
     _add_common(run)
+
+    train = commands.add_parser(
+        "train",
+        help="train on your .h5ad and write the embeddings and the model (runs data-parallel "
+        "under torchrun or srun)",
+        description="Train spacon, embed every cell and write DIR/<data>_spacon.h5ad and the "
+        "model DIR/model. Launched by `torchrun --nproc_per_node=N -m spacon train ...` (or "
+        "srun), the processes train data-parallel and rank 0 writes the outputs.",
+    )
+    train.add_argument("data", type=Path, help="AnnData file (.h5ad) with coordinates in obsm")
+    train.add_argument(
+        "--connectivity",
+        type=Path,
+        default=None,
+        help="connectivity matrix (.npy, .npz or .csv); omit to use the connectome stored in "
+        "the file, or for spatial-only mode",
+    )
+    train.add_argument("--regions-key", default=None, help="obs column of regions")
+    train.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
+    train.add_argument("--section-key", default=None, help="obs column of sections (3-D data)")
+    train.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
+    train.add_argument("--threshold", type=float, default=None, help="keep weights above this")
+    train.add_argument("--top-k", type=float, default=None, help="edges kept per cell (or fraction)")
+    train.add_argument("--out", required=True, type=Path, help="output directory")
+    train.add_argument("--epochs", type=int, default=None, help="training epochs")
+    train.add_argument("--batch-size", type=int, default=None, help="seed cells per minibatch")
+    train.add_argument("--lr", type=float, default=None, help="learning rate")
+    train.add_argument(
+        "--hidden-dims", type=int, nargs="+", default=None, help="layer widths, e.g. 256 128 32"
+    )
+    train.add_argument(
+        "--num-neighbors", type=int, nargs="+", default=None, help="neighbours sampled per hop"
+    )
+    train.add_argument("--use-rep", default=None, help="obsm key of the input features")
+    train.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
+    train.add_argument("--checkpoint-dir", type=Path, default=None, help="resumable checkpoints")
+    train.add_argument("--checkpoint-every", type=int, default=1, help="epochs per checkpoint")
+    train.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return parser
 
 
@@ -72,6 +113,12 @@ def _cluster_options(args: argparse.Namespace) -> dict:
         train_kwargs["n_epochs"] = args.epochs
     options["train_kwargs"] = train_kwargs
     return options
+
+
+def _check_out(out: Path) -> None:
+    """Fail before any computation when the output folder cannot be created."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; pass a folder (it is created if missing).")
 
 
 def _write_outputs(adata, out: Path, *, key: str, stem: str) -> list[Path]:
@@ -103,6 +150,7 @@ def _demo(args: argparse.Namespace) -> int:
     from . import datasets, tl
     from ._constants import Key
 
+    _check_out(args.out)
     adata = datasets.flatmap(n_spots=args.n_spots, random_state=args.seed)
     fc = adata.obsp.pop("functional_connectivity")
     options = _cluster_options(args)
@@ -137,7 +185,14 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"Data file {str(args.data)!r} does not exist.")
     if args.connectivity is not None and not args.connectivity.exists():
         raise FileNotFoundError(f"Connectivity file {str(args.connectivity)!r} does not exist.")
-    adata = ad.read_h5ad(args.data)
+    _check_out(args.out)
+    try:
+        adata = ad.read_h5ad(args.data)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot read {str(args.data)!r} as an AnnData .h5ad file ({err}). Write it with "
+            "`adata.write_h5ad(path)`."
+        ) from None
     connectivity_kwargs: dict = {"decay": args.decay}
     if args.threshold is not None:
         connectivity_kwargs["threshold"] = args.threshold
@@ -162,15 +217,122 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived (torchrun stops the other processes when one fails)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _train(args: argparse.Namespace) -> int:
+    import anndata as ad
+    import scanpy as sc
+    from scanpy import logging as logg
+
+    from . import pp, tl
+    from ._constants import Key
+    from ._core._distributed import launch_env
+    from ._io import atomic_write_h5ad
+
+    found = launch_env()
+    rank, world_size = (0, 1) if found is None else found[:2]
+    distributed = world_size > 1
+    if rank > 0:
+        sc.settings.verbosity = "error"  # one log is enough: rank 0's
+    if not args.data.exists():
+        raise FileNotFoundError(f"Data file {str(args.data)!r} does not exist.")
+    if args.connectivity is not None and not args.connectivity.exists():
+        raise FileNotFoundError(f"Connectivity file {str(args.connectivity)!r} does not exist.")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file; pass a folder.")
+    try:
+        adata = ad.read_h5ad(args.data)
+    except OSError as err:
+        raise ValueError(f"Cannot read {str(args.data)!r} as an AnnData .h5ad file ({err}).") from None
+
+    if Key.obsp.spatial_connectivities not in adata.obsp:
+        pp.spatial_graph(adata, spatial_key=args.spatial_key, section_key=args.section_key)
+    connectome_key = Key.obsp.connectome_connectivities
+    if args.connectivity is not None:
+        options: dict = {"decay": args.decay, "spatial_key": args.spatial_key}
+        if args.threshold is not None:
+            options["threshold"] = args.threshold
+        if args.top_k is not None:
+            options["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
+        if args.regions_key is not None:
+            options["regions_key"] = args.regions_key
+        pp.connectivity(adata, str(args.connectivity), **options)
+    elif connectome_key not in adata.obsp:
+        connectome_key = Key.obsp.spatial_connectivities
+        logg.info("    no connectome: spatial-only mode, the spatial graph stands in for it")
+
+    train_kwargs: dict = {
+        "device": args.device,
+        "random_state": args.seed,
+        "checkpoint_dir": args.checkpoint_dir,
+        "checkpoint_every": args.checkpoint_every,
+        "distributed": distributed,
+    }
+    optional = {
+        "n_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "hidden_dims": args.hidden_dims,
+        "num_neighbors": args.num_neighbors,
+        "use_rep": args.use_rep,
+    }
+    train_kwargs.update({k: v for k, v in optional.items() if v is not None})
+    model = tl.train(adata, connectome_graph_key=connectome_key, **train_kwargs)
+    tl.embed(adata, model=model, device=args.device, distributed=distributed)
+    if rank > 0:
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = atomic_write_h5ad(adata, args.out / f"{args.data.stem}_spacon.h5ad")
+    model.save(args.out / "model", overwrite=True)
+    where = f" on {world_size} processes" if distributed else ""
+    print(f"trained on {adata.n_obs} cells{where}; wrote:")
+    print(f"  {written}\n  {args.out / 'model'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spacon`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     import scanpy as sc
 
     sc.settings.verbosity = "warning" if args.quiet else "info"
-    commands = {"demo": _demo, "run": _run}
+    commands = {"demo": _demo, "run": _run, "train": _train}
+    launch = None
+    if args.command == "train":
+        from ._core._distributed import launch_env
+
+        launch = launch_env()  # (rank, world size, local rank) of a torchrun/srun launch
+    distributed = launch is not None and launch[1] > 1
+    rank = launch[0] if launch is not None else 0
+    if distributed:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return commands[args.command](args)
+    except _Terminated:
+        print(
+            f"spacon: error: rank {rank} was stopped (SIGTERM), usually because "
+            "another process of the job failed (see its error above); no output was written.",
+            file=sys.stderr,
+        )
+        return 143
+    except RuntimeError as error:
+        if not distributed:
+            raise
+        # first sentence of the backend's message, without its source-file prefix
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". ")[0]
+        print(
+            f"spacon: error: rank {rank}: the distributed job failed ({detail}); "
+            "another process probably died (see its error above); no output was written.",
+            file=sys.stderr,
+        )
+        return 1
     except USER_ERRORS as error:
         print(f"spacon: error: {_error_message(error)}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from scanpy import logging as logg
 from scipy.spatial import cKDTree
 
 from .._constants import Key
+from .._utils import check_memory_budget
 
 # Keys of the simulated annotations (specific to this data set).
 _AREA = "area"
@@ -133,6 +134,13 @@ def flatmap(
     _validate(n_spots, n_genes, n_areas, n_networks, noise, random_state)
     n_spots, n_genes, n_areas, n_networks = map(int, (n_spots, n_genes, n_areas, n_networks))
     noise = float(noise)
+    # peak: the dense float32 FC plus two n x n float32 temporaries (local kernel, noise)
+    check_memory_budget(
+        3 * 4 * n_spots**2 + 8 * n_spots * n_genes,
+        f"Simulating {n_spots} spots (a dense {n_spots} x {n_spots} functional connectivity)",
+        "Use fewer spots (the tutorial has 3372); for whole-brain scale use sparse or "
+        "region-level connectivity with `sp.pp.connectivity(..., regions_key=)`.",
+    )
     start = logg.info(f"simulating a cortical flatmap of {n_spots} spots x {n_genes} genes")
     rng = np.random.default_rng(int(random_state))
 

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .._io import atomic_write
 from .._utils import check_adata
 
 #: Colour of the cells that are not highlighted.
@@ -42,11 +43,19 @@ def new_figure(figsize: tuple[float, float], *, show: bool) -> Figure:
 def finish(
     fig: Figure, *, show: bool, save: str | Path | None, dpi: float | None = None
 ) -> Figure | None:
-    """Save (creating parent folders) and show; return the figure unless it was shown."""
+    """Save (creating parent folders) and show; return the figure unless it was shown.
+
+    The file is written under a temporary name and renamed into place, so an interrupted
+    save never leaves a truncated image. As in matplotlib, a path without a suffix gets
+    ``rcParams["savefig.format"]``'s.
+    """
     if save is not None:
         path = Path(save)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        fmt = path.suffix[1:].lower()
+        if not fmt:
+            fmt = matplotlib.rcParams["savefig.format"]
+            path = path.with_name(f"{path.name}.{fmt}")
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
     if show:
         import matplotlib.pyplot as plt
 

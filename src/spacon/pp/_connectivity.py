@@ -16,7 +16,13 @@ from scanpy import settings
 from tqdm.auto import tqdm
 
 from .._constants import Key
-from .._utils import check_adata, get_coordinates, sparse_to_float32_csr
+from .._utils import (
+    check_adata,
+    check_memory_budget,
+    get_coordinates,
+    memory_budget,
+    sparse_to_float32_csr,
+)
 
 #: Edges sampled per cell when ``regions_key`` is given and ``top_k`` is not.
 _DEFAULT_REGION_TOP_K = 100
@@ -24,6 +30,8 @@ _DEFAULT_REGION_TOP_K = 100
 _DENSE_BLOCK_ENTRIES = 1 << 22
 #: Stored entries (or sampled edges) per block for sparse and region-level input.
 _SPARSE_BLOCK_ENTRIES = 1 << 22
+#: Peak bytes per kept edge: its column and weight in a block, then again in the CSR result.
+_BYTES_PER_EDGE = 20
 #: Below this fraction of valid entries a dense block is ranked as a sparse one.
 _SPARSE_RANK_FRACTION = 0.125
 _ACCEPTED = (
@@ -106,7 +114,9 @@ def connectivity(
         Maximum number of edges kept per cell: an ``int``, or a ``float`` in ``(0, 1]`` for a
         fraction of ``n_obs`` (``int(top_k * n_obs)``, as ``per`` in the published method).
         ``None`` keeps all edges for cell-level input and uses 100 with ``regions_key``,
-        where it is the sampling budget per cell.
+        where it is the sampling budget per cell. When the kept edges outgrow the memory
+        budget (``$SPACON_MAX_MEMORY``, default 80% of the available memory) the call stops
+        with an error that asks for ``top_k``/``threshold``, instead of being killed.
     symmetrize
         Replace ``W`` by ``max(W, W.T)`` after top-k selection (rows may then exceed ``top_k``).
     self_loops
@@ -165,7 +175,7 @@ def connectivity(
     coords = get_coordinates(adata, spatial_key=spatial_key) if opts.decay != 0 else None
 
     start = logg.info(f"computing connectome graph from {label}")
-    blocks = list(source.blocks(opts, coords))
+    blocks = _collect(source.blocks(opts, coords), label)
     graph = _assemble(blocks, n_obs)
     del blocks
     if graph.nnz == 0:
@@ -611,6 +621,24 @@ def _region_source(
 
 
 # --------------------------------------------------------------------------- the steps
+
+
+def _collect(blocks: Iterator[tuple], label: str) -> list[tuple]:
+    """Gather the row blocks; fail fast once the kept edges outgrow the memory budget."""
+    budget = memory_budget()
+    kept, n_edges = [], 0
+    for block in blocks:
+        kept.append(block)
+        n_edges += len(block[3])
+        if budget is not None and n_edges * _BYTES_PER_EDGE > budget:
+            last_row = int(np.max(block[0])) if len(block[0]) else 0
+            check_memory_budget(
+                n_edges * _BYTES_PER_EDGE,
+                f"The connectome graph from {label} (already {n_edges} edges by row {last_row})",
+                "Keep fewer edges per cell with `top_k=` (e.g. `top_k=100`) and/or a "
+                "`threshold=`.",
+            )
+    return kept
 
 
 def _dense_decay(

@@ -124,7 +124,11 @@ def spatial_graph(
     n_dims = coords.shape[1]
     if section_key is not None:
         coords = coords[:, :2]
-    if adata.n_obs < 2 or not (np.ptp(coords, axis=0) > 0).any():
+    if adata.n_obs < 2:
+        raise ValueError(
+            f"A spatial graph needs at least 2 cells, but `adata` has {adata.n_obs}."
+        )
+    if not (np.ptp(coords, axis=0) > 0).any():
         where = "in-plane coordinates" if section_key is not None else "coordinates"
         raise ValueError(
             f"All {adata.n_obs} cells have the same {where}; a spatial graph needs cells at "

@@ -294,8 +294,8 @@ def _check_cluster_options(
         raise ValueError(f"`alpha_scale` must be one of {_ALPHA_SCALES}, got {alpha_scale!r}.")
     if not _is_real(alpha) or not 0 <= alpha <= 1:
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    if not _is_real(resolution) or not resolution > 0:
-        raise ValueError(f"`resolution` must be a positive number, got {resolution!r}.")
+    if not _is_real(resolution) or not 0 < resolution < np.inf:
+        raise ValueError(f"`resolution` must be a positive finite number, got {resolution!r}.")
     if n_clusters is not None and (not _is_int(n_clusters) or not 1 <= n_clusters <= adata.n_obs):
         raise ValueError(
             f"`n_clusters` must be an integer in [1, n_obs={adata.n_obs}] or None, "
@@ -379,7 +379,7 @@ def cluster(
     >>> sp.tl.cluster(adata, alpha=1.0, n_clusters=8, key_added="spacon_k8")
     >>> adata.obs["spacon"].value_counts()
     """
-    check_adata(adata)
+    check_adata(adata, allow_view=copy)
     _check_cluster_options(
         adata,
         alpha=alpha,

@@ -10,8 +10,9 @@ from scanpy import logging as logg
 
 from .._constants import Key
 from .._core._graph import CSR, remove_self_loops
+from .._core import _distributed
 from .._core._trainer import FeatureMatrix, infer
-from .._utils import check_adata, check_graph
+from .._utils import check_adata, check_graph, check_memory_budget
 from ._model import SpaconModel, lookup, resolve_device
 from ._train import CONNECTOME_HINT, SPATIAL_HINT, _check_positive_int
 
@@ -44,6 +45,7 @@ def embed(
     device: str | torch.device = "auto",
     reconstruction: bool = False,
     train_key: str = Key.uns.train,
+    distributed: bool = False,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -66,9 +68,18 @@ def embed(
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
     reconstruction
-        Also run the decoder and store the reconstructed features.
+        Also run the decoder and store the reconstructed features (a dense
+        ``n_obs x n_features`` array: the call fails fast, before computing anything, when
+        it would not fit the memory budget, ``$SPACON_MAX_MEMORY`` or 80% of the available
+        memory).
     train_key
         ``adata.uns`` key of the training record (``key_added`` of :func:`spacon.tl.train`).
+    distributed
+        Share the work between the processes of a ``torchrun``/``srun`` launch (call
+        ``embed`` with the same data in every process, e.g. after
+        ``sp.tl.train(..., distributed=True)``): every rank computes a contiguous range of
+        cells of every layer, the ranges are gathered and every rank gets all embeddings.
+        Write the results from rank 0 only.
     progress
         Show a progress bar (also needs scanpy's verbosity at ``info`` or above).
     copy
@@ -89,9 +100,11 @@ def embed(
     >>> sp.tl.embed(adata)
     >>> adata.obsm["X_spacon_spatial"].shape
     """
-    check_adata(adata)
+    check_adata(adata, allow_view=copy)
     batch_size = _check_positive_int("batch_size", batch_size)
     dev = resolve_device(device)
+    if not isinstance(distributed, bool):
+        raise ValueError(f"`distributed` must be True or False, got {distributed!r}.")
     if model is None:
         model = _find_model(adata, train_key)
     elif not isinstance(model, SpaconModel):
@@ -115,6 +128,25 @@ def embed(
                 f"`adata.obsp[{key!r}]` has negative weights but the model uses edge weights."
             )
 
+    widths = sum(int(d) for d in model.hidden_dims[1:])
+    n_features = int(data.shape[1])
+    per_cell = 2 * widths + (widths + 2 * n_features if reconstruction else 0)
+    check_memory_budget(
+        4 * adata.n_obs * per_cell,
+        f"Embedding {adata.n_obs} cells"
+        + (f" with the {n_features}-feature reconstruction" if reconstruction else ""),
+        "Pass `reconstruction=False` (the embeddings alone need far less)."
+        if reconstruction
+        else "Embed a subset of the cells (`adata[mask].copy()`) or use a narrower model.",
+    )
+    ctx = None
+    if distributed:
+        ctx = _distributed.init(dev)
+        dev = ctx.device
+        if adata.n_obs < ctx.world_size:
+            raise ValueError(
+                f"{adata.n_obs} cells are too few for {ctx.world_size} processes; run fewer."
+            )
     start = logg.info(f"embedding {adata.n_obs} cells with spacon (device {dev})")
     param = next(model.module.parameters())
     home = param.device
@@ -128,10 +160,17 @@ def embed(
             device=dev,
             use_weights=bool(cfg["use_weights"]),
             reconstruction=reconstruction,
-            progress=progress and sc.settings.verbosity >= 2,
+            progress=progress and sc.settings.verbosity >= 2 and (ctx is None or ctx.is_main),
+            dist=ctx,
         )
     finally:
         model.module.to(home)
+    if not (np.isfinite(z_con).all() and np.isfinite(z_spa).all()):
+        raise ValueError(
+            "The embeddings contain NaN or infinite values: the model's weights or the input "
+            "are not finite (training diverged?). Retrain with `sp.tl.train(adata, lr=...)` "
+            "using a lower learning rate, and check the features for extreme values."
+        )
 
     if copy:
         adata = adata.copy()

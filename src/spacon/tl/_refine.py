@@ -109,7 +109,7 @@ def refine(
     >>> sp.tl.refine(adata, key="spacon", n_neighbors=25)
     >>> sp.pl.domains(adata, key="spacon_refined")
     """
-    check_adata(adata)
+    check_adata(adata, allow_view=copy)
     if not isinstance(key, str) or key not in adata.obs.columns:
         raise KeyError(
             f"Labels `adata.obs[{key!r}]` not found. Run `sp.tl.cluster(adata, key_added={key!r})` "

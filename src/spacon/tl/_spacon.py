@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ from scanpy import logging as logg
 from .. import pp
 from .._constants import Key
 from .._utils import check_adata, rollback_on_error
-from ._cluster import cluster
+from ._cluster import _check_cluster_options, _is_int, cluster
 from ._embed import embed
 from ._refine import refine as refine_domains
 from ._train import train
@@ -30,6 +31,7 @@ def spacon(
     spatial_graph_kwargs: Mapping[str, Any] | None = None,
     connectivity_kwargs: Mapping[str, Any] | None = None,
     train_kwargs: Mapping[str, Any] | None = None,
+    cluster_kwargs: Mapping[str, Any] | None = None,
     random_state: int = 0,
     key_added: str = Key.obs.domains,
     copy: bool = False,
@@ -64,9 +66,10 @@ def spacon(
         ``obsm`` key of the coordinates.
     section_key
         ``obs`` column of sections for multi-section data.
-    spatial_graph_kwargs, connectivity_kwargs, train_kwargs
-        Extra options for :func:`spacon.pp.spatial_graph`, :func:`spacon.pp.connectivity`
-        and :func:`spacon.tl.train`.
+    spatial_graph_kwargs, connectivity_kwargs, train_kwargs, cluster_kwargs
+        Extra options for :func:`spacon.pp.spatial_graph`, :func:`spacon.pp.connectivity`,
+        :func:`spacon.tl.train` and :func:`spacon.tl.cluster` (e.g. ``n_neighbors``; not
+        the options this function sets itself).
     random_state
         Seed for training and clustering.
     key_added
@@ -85,7 +88,8 @@ def spacon(
     >>> fc = adata.obsp.pop("functional_connectivity")
     >>> sp.tl.spacon(adata, fc, connectivity_kwargs={"threshold": 0.8, "top_k": 0.1}, n_clusters=4)
     """
-    check_adata(adata)
+    check_adata(adata, allow_view=copy)
+    cluster_options = _check_early(adata, alpha, n_clusters, resolution, refine, cluster_kwargs)
     adata = adata.copy() if copy else adata
     start = logg.info("running spacon")
     with rollback_on_error(adata):
@@ -120,8 +124,64 @@ def spacon(
             resolution=resolution,
             random_state=random_state,
             key_added=key_added,
+            **cluster_options,
         )
         if refine:
             refine_domains(adata, key=key_added, spatial_key=spatial_key, section_key=section_key)
     logg.info("    finished spacon", time=start)
     return adata if copy else None
+
+
+def _check_early(
+    adata: AnnData,
+    alpha: float,
+    n_clusters: int | None,
+    resolution: float,
+    refine: bool,
+    cluster_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate the clustering options before anything is computed; return ``cluster_kwargs``.
+
+    Training can take long: a bad ``alpha`` or too few cells for the clustering should fail
+    at once, not after it.
+    """
+    if adata.n_obs < 3:
+        raise ValueError(
+            f"`sp.tl.spacon` needs at least 3 cells (to build graphs, train and cluster), "
+            f"but `adata` has {adata.n_obs}."
+        )
+    options = dict(cluster_kwargs or {})
+    own = {"alpha", "n_clusters", "resolution", "random_state", "key_added", "copy"}
+    clash = sorted(own & set(options))
+    if clash:
+        raise TypeError(
+            f"`cluster_kwargs` must not set {clash}: pass them to `sp.tl.spacon` directly."
+        )
+    defaults = inspect.signature(cluster).parameters
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"`cluster_kwargs` has unknown options {unknown} for `sp.tl.cluster`.")
+    n_neighbors = options.get("n_neighbors", defaults["n_neighbors"].default)
+    if _is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
+        raise ValueError(
+            f"Clustering uses `n_neighbors={n_neighbors}` neighbours but `adata` has only "
+            f"{adata.n_obs} cells; pass `cluster_kwargs={{'n_neighbors': "
+            f"{min(15, adata.n_obs - 1)}}}`."
+        )
+    _check_cluster_options(
+        adata,
+        alpha=alpha,
+        alpha_scale=options.get("alpha_scale", defaults["alpha_scale"].default),
+        n_clusters=n_clusters,
+        resolution=resolution,
+        method=options.get("method", defaults["method"].default),
+        n_neighbors=n_neighbors,
+    )
+    voters = inspect.signature(refine_domains).parameters["n_neighbors"].default
+    if refine and adata.n_obs <= voters:
+        raise ValueError(
+            f"`refine=True` lets the {voters} nearest cells vote, but `adata` has only "
+            f"{adata.n_obs} cells; pass `refine=False` and call "
+            "`sp.tl.refine(adata, n_neighbors=...)` with fewer voters afterwards."
+        )
+    return options

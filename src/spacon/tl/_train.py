@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numbers
+import os
+import zlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,10 +15,18 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
+from .._core import _distributed
+from .._core._checkpoint import Checkpointer
 from .._core._graph import CSR, remove_self_loops
 from .._core._module import FUSIONS, SpaconNet
 from .._core._trainer import FeatureMatrix, TrainConfig, train_network
-from .._utils import check_adata, check_graph
+from .._utils import (
+    check_adata,
+    check_graph,
+    check_memory_budget,
+    feature_warnings,
+    memory_budget,
+)
 from ._model import (
     SpaconModel,
     describe_source,
@@ -115,6 +125,9 @@ def train(
     min_delta: float = 1e-3,
     device: str | torch.device = "auto",
     random_state: int | None = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    distributed: bool = False,
     progress: bool = True,
     key_added: str = Key.uns.train,
 ) -> SpaconModel:
@@ -177,6 +190,24 @@ def train(
     random_state
         Seed of the initial weights, dropout, shuffling and sampling; a CPU run is exactly
         reproducible. ``None`` draws a fresh seed (recorded in the parameters).
+    checkpoint_dir
+        Folder for a training checkpoint, written atomically every ``checkpoint_every``
+        epochs and after the last one: weights, optimizer state, epoch, loss history and
+        all random generator states. When the folder already holds the checkpoint of the
+        same run (same options except ``n_epochs``/``device``, same seed, same data
+        shapes), training **resumes** from it, and a CPU run then ends with exactly the
+        weights of an uninterrupted run; a larger ``n_epochs`` continues a finished run.
+        A checkpoint of a different run is an error (use a fresh folder).
+    checkpoint_every
+        Epochs between checkpoints.
+    distributed
+        Data-parallel training over the processes of a ``torchrun`` (or ``srun``) launch:
+        call ``train`` with the same data and options in every process. Every rank
+        samples minibatches around its own shard of the cells (reshuffled each epoch),
+        gradients are averaged by DistributedDataParallel, BatchNorm uses the statistics
+        of all ranks' batches; backend ``nccl`` on GPUs (one per process), ``gloo`` on
+        CPUs. Implies minibatch mode (``full_batch=True`` is an error). Every rank gets
+        the same model. See the "Running on a cluster" page of the docs.
     progress
         Show a progress bar (also needs scanpy's verbosity at ``info`` or above).
     key_added
@@ -187,6 +218,20 @@ def train(
     The trained :class:`~spacon.tl.SpaconModel`. Also sets ``adata.uns[key_added]``:
     ``params``, ``loss`` (per epoch), ``model_id`` (how :func:`spacon.tl.embed` finds the
     model in this Python session), ``n_epochs_run``, ``stopped_early``.
+
+    Notes
+    -----
+    *Isolated cells.* The model adds a self-loop to every cell of both graphs, so a cell
+    without neighbours in a graph (outside every ``radius`` of the spatial graph, or with
+    an empty connectome row after ``threshold``/``top_k``) is still trained and embedded:
+    its attention in that graph falls entirely on itself, so that encoder sees only the
+    cell's own features. Such cells are counted in a warning; connect them (larger
+    ``radius``/``top_k``, lower ``threshold``) or drop them if that is not wanted.
+
+    *Input checks.* Features must be finite (NaN/inf is an error). Features that look like
+    raw counts (non-negative integers) or genes that are zero in every cell draw a warning.
+    Explicit ``full_batch=True`` fails fast when its estimated memory exceeds the budget of
+    ``$SPACON_MAX_MEMORY`` (default 80% of the available memory).
 
     Examples
     --------
@@ -224,6 +269,20 @@ def train(
         raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
     patience = _check_positive_int("patience", patience)
     min_delta = _check_number("min_delta", min_delta, low=0.0)
+    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise ValueError(f"`checkpoint_dir` must be a folder path, got {checkpoint_dir!r}.")
+    if not isinstance(distributed, bool):
+        raise ValueError(f"`distributed` must be True or False, got {distributed!r}.")
+    if distributed and full_batch is True:
+        raise ValueError(
+            "`distributed=True` trains on minibatches (each rank on its shard of the cells); "
+            "pass `full_batch=False` (or leave the default)."
+        )
+    if random_state is None and distributed:
+        raise ValueError(
+            "`distributed=True` needs the same `random_state` on every rank; pass an integer."
+        )
     if random_state is None:
         random_state = int(np.random.SeedSequence().generate_state(1)[0])
     elif not _is_int(random_state) or random_state < 0:
@@ -234,6 +293,15 @@ def train(
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
     dev = resolve_device(device)
+    ctx = None
+    if distributed:
+        ctx = _distributed.init(dev)
+        dev = ctx.device
+        if adata.n_obs < 2 * ctx.world_size:
+            raise ValueError(
+                f"{adata.n_obs} cells are too few for {ctx.world_size} processes (at least 2 "
+                "per process); run fewer processes."
+            )
 
     source = feature_source(layer, use_rep)
     data, names = get_features(adata, source)
@@ -251,9 +319,19 @@ def train(
     _check_graph_values(con_csr, connectome_graph_key, positive=use_weights or weighted_sampling)
     _check_graph_values(spa_csr, spatial_graph_key, positive=use_weights)
 
-    if full_batch == "auto":
-        floats = adata.n_obs * (3 * n_features + 12 * sum(dims[1:]))
-        full_batch = floats * 4 <= _FULL_BATCH_BYTES
+    full_batch_bytes = 4 * adata.n_obs * (3 * n_features + 12 * sum(dims[1:]))
+    if full_batch == "auto" and distributed:
+        full_batch = False
+    elif full_batch == "auto":
+        budget = memory_budget()
+        full_batch = full_batch_bytes <= min(_FULL_BATCH_BYTES, budget or _FULL_BATCH_BYTES)
+    elif full_batch:
+        check_memory_budget(
+            full_batch_bytes,
+            f"Full-batch training on {adata.n_obs} cells x {n_features} features",
+            "Use `full_batch=False` (minibatches) or fewer input features, e.g. "
+            "`use_rep='X_pca'`.",
+        )
     mode = "full_batch" if full_batch else "minibatch"
     if n_epochs is None:
         n_epochs = _EPOCHS[mode]
@@ -281,9 +359,35 @@ def train(
         "min_delta": min_delta,
         "device": str(dev),
         "random_state": random_state,
+        "world_size": 1 if ctx is None else ctx.world_size,
     }
+    checkpoint = None
+    if checkpoint_dir is not None:
+        fingerprint = {k: v for k, v in params.items() if k not in ("n_epochs", "device")}
+        fingerprint.update(
+            n_obs=int(adata.n_obs),
+            n_features=n_features,
+            connectome_edges=con_csr.nnz,
+            spatial_edges=spa_csr.nnz,
+            graphs_crc32=zlib.crc32(con_csr.indptr.tobytes() + spa_csr.indptr.tobytes()),
+        )
+        checkpoint = Checkpointer(checkpoint_dir, checkpoint_every, fingerprint)
+        checkpoint.load()  # a checkpoint of another run fails here, before training
 
     # ------------------------------------------------------------------------ train
+    for message in feature_warnings(data, describe_source(source)):
+        logg.warning(message)
+    lonely = {
+        "connectome": int((con_csr.degrees() == 0).sum()),
+        "spatial": int((spa_csr.degrees() == 0).sum()),
+    }
+    for name, n_lonely in lonely.items():
+        if n_lonely:
+            logg.warning(
+                f"{n_lonely} of {adata.n_obs} cells have no {name} neighbour: through the "
+                f"{name} graph such an isolated cell sees only its own features (self-loop); "
+                "see the Notes of `sp.tl.train`."
+            )
     if any(d > n_features for d in dims[1:]):
         logg.warning(
             f"hidden_dims {dims} has layers wider than the {n_features} input features; "
@@ -293,6 +397,13 @@ def train(
         f"training spacon ({mode.replace('_', '-')}, {n_epochs} epochs, hidden_dims={dims}, "
         f"{con_csr.nnz} connectome and {spa_csr.nnz} spatial edges, device {dev})"
     )
+    if checkpoint is not None and checkpoint.resume is not None:
+        logg.info(
+            f"    resuming from the checkpoint in {str(checkpoint_dir)!r} "
+            f"({checkpoint.resume['epoch']} of {n_epochs} epochs done)"
+        )
+    if checkpoint is not None and (ctx is None or ctx.is_main):
+        checkpoint.remove_stale()
     config = TrainConfig(
         n_epochs=n_epochs,
         lr=lr,
@@ -309,10 +420,17 @@ def train(
         device=dev,
     )
     rng = np.random.default_rng(random_state)
+    if ctx is not None:
+        ctx.seed = random_state
+        rng = np.random.default_rng(ctx.rank_seed(random_state))  # each rank samples its own
+        # one copy of the graphs per host, memory-mapped by all its ranks
+        con_csr, spa_csr = ctx.share_graph(con_csr), ctx.share_graph(spa_csr)
     cuda_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(random_state)
         net = SpaconNet(dims, fusion=fusion, dropout=dropout)
+        if ctx is not None:  # same initial weights everywhere, different dropout draws
+            torch.manual_seed(ctx.rank_seed(random_state))
         result = train_network(
             net,
             FeatureMatrix(data),
@@ -320,7 +438,9 @@ def train(
             spa_csr,
             config,
             rng,
-            progress=progress and sc.settings.verbosity >= 2,
+            progress=progress and sc.settings.verbosity >= 2 and (ctx is None or ctx.is_main),
+            checkpoint=checkpoint,
+            dist=ctx,
         )
     model = SpaconModel(
         net,
