@@ -78,8 +78,11 @@ def _step(
     grad_clip: float | None,
 ) -> float:
     optimizer.zero_grad(set_to_none=True)
-    _, _, x_hat = net(x, connectome, spatial)
-    loss = F.mse_loss(x_hat, x)
+    if isinstance(net, SpaconNet):
+        loss = net.reconstruction_loss(x, connectome, spatial)
+    else:  # a wrapper (DDP) must see the forward call
+        _, _, x_hat = net(x, connectome, spatial)
+        loss = F.mse_loss(x_hat, x)
     loss.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)

@@ -197,7 +197,9 @@ def train(
         same run (same options except ``n_epochs``/``device``, same seed, same data
         shapes), training **resumes** from it, and a CPU run then ends with exactly the
         weights of an uninterrupted run; a larger ``n_epochs`` continues a finished run.
-        A checkpoint of a different run is an error (use a fresh folder).
+        A checkpoint of a different run is an error (use a fresh folder). With
+        ``distributed=True`` rank 0 writes it (with every rank's generator states) and every
+        rank reads it: use a folder all processes see, and the same number of processes.
     checkpoint_every
         Epochs between checkpoints.
     distributed
