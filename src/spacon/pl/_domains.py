@@ -99,21 +99,13 @@ def domains(
     labels = u.get_labels(adata, key)
     u.check_ncols(ncols)
     coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
-    if section_key is None:
-        if sections is not None:
-            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
-        rows = [np.arange(adata.n_obs)]
-        default_titles = [key]
-    else:
-        col, chosen = u.section_values(adata, section_key, sections)
-        rows = u.section_indices(col, chosen)
-        default_titles = [str(s) for s in chosen]
+    rows, chosen = u.section_rows(adata, section_key, sections)
+    default_titles = [key] if chosen is None else [str(s) for s in chosen]
     titles, suptitle = _panel_titles(title, default_titles)
     if ax is not None and len(rows) != 1:
         raise ValueError(f"`ax` can hold a single panel, but {len(rows)} sections were selected.")
 
-    colors = u.category_colors(adata, key, labels.categories, palette)
-    rgba = mcolors.to_rgba_array(list(colors.values()))
+    colors, rgba = u.category_rgba(adata, key, labels.categories, palette)
     codes = np.asarray(labels.codes)
     size = point_size or u.default_point_size(max(len(m) for m in rows))
 
@@ -129,13 +121,11 @@ def domains(
     if suptitle is not None:
         fig.suptitle(suptitle)
     if legend:
-        present = set(np.unique(codes[np.concatenate(rows)]).tolist())
-        shown = {c: colors[c] for i, c in enumerate(labels.categories) if i in present}
+        present = u.present_categories(labels.categories, codes[np.concatenate(rows)])
+        shown = {c: colors[c] for c in present}
         if ax is None:
             fig.tight_layout()
-            u.legend(fig, shown, title=key)
-        else:
-            u.legend_on_axes(ax, shown, title=key)
+        u.legend(fig if ax is None else ax, shown, title=key)
     elif ax is None:
         fig.tight_layout()
     return u.finish(fig, show=show, save=save)
@@ -195,8 +185,7 @@ def highlight(
     codes = np.asarray(labels.codes)
     cats = list(labels.categories)
     if groups is None:
-        present = set(np.unique(codes[codes >= 0]).tolist())
-        chosen_groups = [c for i, c in enumerate(cats) if i in present]
+        chosen_groups = u.present_categories(cats, codes)
     else:
         if isinstance(groups, str) or not isinstance(groups, Sequence | np.ndarray):
             groups = [groups]
@@ -212,13 +201,8 @@ def highlight(
         raise ValueError(f"`adata.obs[{key!r}]` has no labelled cells to highlight.")
     colors = u.category_colors(adata, key, cats, palette)
 
-    if section_key is None:
-        if sections is not None:
-            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
-        sec_rows, sec_names = [np.arange(adata.n_obs)], [None]
-    else:
-        col, chosen = u.section_values(adata, section_key, sections)
-        sec_rows, sec_names = u.section_indices(col, chosen), [str(s) for s in chosen]
+    sec_rows, chosen = u.section_rows(adata, section_key, sections)
+    sec_names = [None] if chosen is None else [str(s) for s in chosen]
     panels = [(g, m, s) for g in chosen_groups for m, s in zip(sec_rows, sec_names, strict=True)]
     cols = len(sec_rows) if len(sec_rows) > 1 else ncols
     size = point_size or u.default_point_size(max(len(m) for m in sec_rows))
@@ -335,12 +319,10 @@ def sections_3d(
     if max_cells is not None and len(idx) > max_cells:
         rng = np.random.default_rng(random_state)
         idx = np.sort(rng.choice(idx, size=int(max_cells), replace=False))
-    colors = u.category_colors(adata, key, labels.categories, palette)
-    rgba = mcolors.to_rgba_array(list(colors.values()))
+    colors, rgba = u.category_rgba(adata, key, labels.categories, palette)
     codes = np.asarray(labels.codes)[idx]
     pts = xyz[idx]
-    grey = mcolors.to_rgba_array([u.GREY])
-    cell_colors = np.where((codes >= 0)[:, None], rgba[np.maximum(codes, 0)], grey)
+    cell_colors = u.code_colors(codes, rgba, mcolors.to_rgba_array([u.GREY]))
     size = point_size or float(np.clip(30_000 / max(len(idx), 1), 0.05, 20.0))
 
     show = u.resolve_show(show)
@@ -367,7 +349,6 @@ def sections_3d(
     if title is not None:
         ax.set_title(title)
     if legend:
-        present = set(np.unique(codes[codes >= 0]).tolist())
-        shown = {c: colors[c] for i, c in enumerate(labels.categories) if i in present}
+        shown = {c: colors[c] for c in u.present_categories(labels.categories, codes)}
         u.legend(fig, shown, title=key)
     return u.finish(fig, show=show, save=save)

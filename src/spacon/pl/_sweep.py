@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import matplotlib.colors as mcolors
 import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
@@ -147,8 +146,7 @@ def alpha_sweep(
     logg.info("    finished", time=start)
 
     n_colors = max(int(lab.max()) + 1 for lab, _ in panels)
-    colors = u.category_colors(None, None, list(range(n_colors)), palette)
-    rgba = mcolors.to_rgba_array(list(colors.values()))
+    _, rgba = u.category_rgba(None, None, list(range(n_colors)), palette)
     size = point_size if point_size is not None else u.default_point_size(len(rows))
     show = u.resolve_show(show)
     fig, axes = u.grid(len(panels), ncols or len(panels), panel_size, show=show)

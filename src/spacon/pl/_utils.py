@@ -88,15 +88,22 @@ def check_ncols(ncols: int) -> None:
         raise ValueError(f"`ncols` must be a positive integer, got {ncols!r}.")
 
 
+def _obs_column(adata: AnnData, key: str, missing: str) -> pd.Series:
+    """``adata.obs[key]``; a KeyError with the message ``missing`` when there is no such column."""
+    if not isinstance(key, str) or key not in adata.obs.columns:
+        raise KeyError(missing)
+    return adata.obs[key]
+
+
 def get_labels(adata: AnnData, key: str) -> pd.Categorical:
     """``obs[key]`` as a Categorical (non-categorical columns are converted, not stored)."""
     check_adata(adata, allow_view=True)
-    if not isinstance(key, str) or key not in adata.obs.columns:
-        raise KeyError(
-            f"Labels `adata.obs[{key!r}]` not found. Run `sp.tl.cluster(adata, key_added={key!r})` "
-            "first or pass an existing column as `key`."
-        )
-    col = adata.obs[key]
+    col = _obs_column(
+        adata,
+        key,
+        f"Labels `adata.obs[{key!r}]` not found. Run `sp.tl.cluster(adata, key_added={key!r})` "
+        "first or pass an existing column as `key`.",
+    )
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.array
     if pd.api.types.is_float_dtype(col) and col.nunique() > 200:
@@ -169,6 +176,27 @@ def category_colors(
     return dict(zip(categories, colors, strict=True))
 
 
+def category_rgba(
+    adata: AnnData | None, key: str | None, categories: Sequence, palette: Palette
+) -> tuple[dict, np.ndarray]:
+    """:func:`category_colors` and the same colours as an ``(n_categories, 4)`` RGBA array."""
+    colors = category_colors(adata, key, categories, palette)
+    return colors, mcolors.to_rgba_array(list(colors.values()))
+
+
+def code_colors(codes: np.ndarray, rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per-cell RGBA ``rgba[codes]``; cells with code < 0 get ``background``."""
+    if len(rgba) == 0:  # no categories at all
+        rgba = background
+    return np.where((codes >= 0)[:, None], rgba[np.maximum(codes, 0)], background)
+
+
+def present_categories(categories: Sequence, codes: np.ndarray) -> list:
+    """The categories (in their order) whose code occurs in ``codes``."""
+    present = set(np.unique(codes[codes >= 0]).tolist())
+    return [c for i, c in enumerate(categories) if i in present]
+
+
 def default_point_size(n_cells: int) -> float:
     """scanpy's rule (120000 / n) bounded to a readable range."""
     return float(np.clip(120_000 / max(n_cells, 1), 0.05, 60.0))
@@ -188,10 +216,8 @@ def scatter_codes(
     """One scatter call for a panel: ``rgba[codes]`` colours; cells with code < 0 (no
     label, or not highlighted) are drawn first, in ``background`` (default light grey)."""
     bg = mcolors.to_rgba_array([GREY]) if background is None else background
-    if len(rgba) == 0:  # no categories at all
-        rgba = bg
     order = np.argsort(codes >= 0, kind="stable")
-    colors = np.where((codes >= 0)[:, None], rgba[np.maximum(codes, 0)], bg)
+    colors = code_colors(codes, rgba, bg)
     ax.scatter(
         xy[order, 0],
         xy[order, 1],
@@ -215,19 +241,17 @@ def style_spatial_axes(ax: Axes, *, invert_yaxis: bool, title: str | None) -> No
         ax.set_title(title)
 
 
-def legend(fig: Figure, colors: Mapping, *, title: str | None = None) -> None:
-    """One legend for the whole figure, right of the panels."""
+def legend(target: Figure | Axes, colors: Mapping, *, title: str | None = None) -> None:
+    """One legend right of ``target``: a whole figure (all its panels) or a single axes."""
     if not colors:
         return
-    handles = _handles(colors)
-    n = len(handles)
-    ncol = 1 if n <= 14 else 2 if n <= 30 else 3
-    fig.legend(
-        handles=handles,
+    n = len(colors)
+    target.legend(
+        handles=_handles(colors),
         loc="center left",
         bbox_to_anchor=(1.0, 0.5),
         frameon=False,
-        ncol=ncol,
+        ncol=1 if n <= 14 else 2 if n <= 30 else 3,
         title=title,
     )
 
@@ -242,21 +266,6 @@ def section_indices(col: pd.Series, chosen: Sequence) -> list[np.ndarray]:
     return [order[bounds[position[s]] : bounds[position[s] + 1]] for s in chosen]
 
 
-def legend_on_axes(ax: Axes, colors: Mapping, *, title: str | None = None) -> None:
-    """Legend of a single user-supplied axes, right of it."""
-    if not colors:
-        return
-    n = len(colors)
-    ax.legend(
-        handles=_handles(colors),
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
-        frameon=False,
-        ncol=1 if n <= 14 else 2 if n <= 30 else 3,
-        title=title,
-    )
-
-
 def _handles(colors: Mapping) -> list[Line2D]:
     return [
         Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=c,
@@ -265,16 +274,31 @@ def _handles(colors: Mapping) -> list[Line2D]:
     ]
 
 
+def section_rows(
+    adata: AnnData, section_key: str | None, sections: Sequence | None
+) -> tuple[list[np.ndarray], list | None]:
+    """Row indices of each panel and the chosen section ids.
+
+    Without ``section_key``: one panel of all cells and ids None (``sections`` must be None).
+    """
+    if section_key is None:
+        if sections is not None:
+            raise ValueError("`sections` needs `section_key` (the obs column of section ids).")
+        return [np.arange(adata.n_obs)], None
+    col, chosen = section_values(adata, section_key, sections)
+    return section_indices(col, chosen), chosen
+
+
 def section_values(
     adata: AnnData, section_key: str, sections: Sequence | None
 ) -> tuple[pd.Series, list]:
     """The section column and the sections to plot (validated, in the column's order)."""
-    if not isinstance(section_key, str) or section_key not in adata.obs.columns:
-        raise KeyError(
-            f"Section column `adata.obs[{section_key!r}]` not found; pass an existing column "
-            "as `section_key`."
-        )
-    col = adata.obs[section_key]
+    col = _obs_column(
+        adata,
+        section_key,
+        f"Section column `adata.obs[{section_key!r}]` not found; pass an existing column "
+        "as `section_key`.",
+    )
     if isinstance(col.dtype, pd.CategoricalDtype):
         available = [c for c in col.cat.categories if (col == c).any()]
     else:
