@@ -6,8 +6,8 @@ Usage (heavy: run under the benchmark lock)::
     flock /tmp/spacon-bench.lock env OMP_NUM_THREADS=2 python benchmarks/domains.py \\
         [--reference] [--stagate] [--variants]
 
-Tasks (each clustered with ``sp.tl.cluster``: Leiden, resolution searched to the true number
-of domains, the same call for every method, so only the embedding differs):
+Tasks (each clustered with ``sp.tl.cluster`` at its defaults, i.e. k-means to the true
+number of domains; the same call for every method, so only the embedding differs):
 
 - **flatmap, alpha=0** vs the 12 simulated areas; **flatmap, alpha=1** vs the 4 simulated
   networks. Data: ``sp.datasets.flatmap()`` with tutorial 3's connectome processing
@@ -25,10 +25,15 @@ Methods:
 - **STAGATE** (``--stagate``): PyPI ``stagate-modern`` (installed into
   ``benchmarks/out/stagate``), 1,000 full-batch epochs, KNN-6 graph (its
   ``Cal_Spatial_Net(model="KNN", k_cutoff=6)``), hidden ``[512, 30]``, its defaults;
-- ``--variants``: spacon with non-default options, to show what moves the numbers.
+- ``--variants``: spacon trained with non-default options (``VARIANTS``), and every
+  default embedding clustered otherwise (``CLUSTERINGS``: Leiden with the resolution
+  searched to the true number of domains, the clustering before k-means became the
+  default; and the labels smoothed by ``sp.tl.refine``), to show what moves the numbers.
 
 Each is run over ``--seeds`` seeds (model, sampling and clustering seed; the data are
-fixed); ``--quick`` runs one seed and spacon only. Results: ``benchmarks/out/domains.json``.
+fixed), the reference over ``--reference-seeds`` (its flatmap run is shared with
+``vs_reference.py``: runs are kept under a hash of their inputs); ``--quick`` runs one seed
+and spacon only. Results: ``benchmarks/out/domains.json``.
 """
 
 from __future__ import annotations
@@ -57,13 +62,18 @@ TASKS = {
     "flatmap a=1 vs networks": ("flatmap", 1.0, "network", 4),
     "osmFISH a=0 vs regions": ("osmfish", 0.0, "Region", 11),
 }
-#: non-default spacon runs shown by ``--variants`` (name -> train options)
+#: non-default spacon training shown by ``--variants`` (name -> train options)
 VARIANTS: dict[str, dict] = {
+    "dropout=0": {"dropout": 0.0},
     "use_weights": {"use_weights": True},
-    "minibatch as published": {
-        "full_batch": False, "n_epochs": 10, "batch_size": 64, "num_neighbors": [20, 10, 10],
-    },
 }
+#: non-default clustering of every embedding shown by ``--variants`` (suffix -> options)
+CLUSTERINGS: dict[str, dict] = {
+    " +Leiden": {"method": "leiden"},
+    " +refine": {"refine": True},
+}
+#: the reference's own clustering on the flatmap, as in vs_reference.py (shares its runs)
+OWN_CLUSTERING = ((1.0, 0.6), (0.0, 0.6))
 
 
 # ------------------------------------------------------------------------------ data
@@ -96,7 +106,9 @@ def connectome_key(adata) -> str:
 # ---------------------------------------------------------------------------- scoring
 
 
-def score(adata, spatial_emb, connectome_emb, *, alpha, truth, k, seed) -> dict:
+def score(adata, spatial_emb, connectome_emb, *, alpha, truth, k, seed, method="auto",
+          refine=False) -> dict:
+    """``sp.tl.cluster`` (default: k-means to ``k`` domains), optionally ``sp.tl.refine``."""
     import anndata as ad
     import spacon as sp
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -104,8 +116,13 @@ def score(adata, spatial_emb, connectome_emb, *, alpha, truth, k, seed) -> dict:
     holder = ad.AnnData(obs=adata.obs[[truth]].copy())
     holder.obsm["X_spacon_spatial"] = np.asarray(spatial_emb, dtype=np.float32)
     holder.obsm["X_spacon_connectome"] = np.asarray(connectome_emb, dtype=np.float32)
-    sp.tl.cluster(holder, alpha=alpha, n_clusters=k, random_state=seed)
-    labels = holder.obs["spacon"]
+    holder.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    sp.tl.cluster(holder, alpha=alpha, n_clusters=k, method=method, random_state=seed)
+    key = "spacon"
+    if refine:
+        sp.tl.refine(holder, key=key, key_added="refined")
+        key = "refined"
+    labels = holder.obs[key]
     return {
         "ari": float(adjusted_rand_score(holder.obs[truth], labels)),
         "nmi": float(normalized_mutual_info_score(holder.obs[truth], labels)),
@@ -133,7 +150,8 @@ def embed_reference(adata, seed: int, threads: int, tag: str):
 
     res = _reference.run(
         adata.X, adata.obsp[connectome_key(adata)], adata.obsp["spatial_connectivities"],
-        tag=f"domains_{tag}_{seed}", seed=seed, threads=threads,
+        tag=f"domains_{tag}_{seed}", seed=seed, threads=threads, reuse=True,
+        own_clustering=OWN_CLUSTERING if tag == "flatmap" else (),
     )
     return res["feature_spa"], res["feature_con"], res["train_s"] + res["embed_s"]
 
@@ -184,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, spacon only")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument("--reference", action="store_true", help="also the published SpaCon")
+    parser.add_argument("--reference-seeds", type=int, default=1,
+                        help="seeds of the reference (about 5 min each on the flatmap)")
     parser.add_argument("--stagate", action="store_true", help="also STAGATE (osmFISH)")
     parser.add_argument("--variants", action="store_true", help="also non-default spacon runs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--datasets", nargs="+", choices=["flatmap", "osmfish"],
+                        default=["flatmap", "osmfish"], help="data sets to run")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.reference, args.stagate, args.variants = 1, False, False, False
@@ -209,15 +231,20 @@ def main(argv: list[str] | None = None) -> int:
         methods["reference 0.1.3"] = ("reference", None)
     if args.stagate:
         methods["STAGATE"] = ("stagate", None)
+    clusterings = {"": {}}
+    if args.variants:
+        clusterings.update(CLUSTERINGS)
 
     results: dict = {"date": str(datetime.date.today()), "seeds": seeds, "tasks": {}}
-    for dataset in ("flatmap", "osmfish"):
+    for dataset in args.datasets:
         adata = load(dataset)
         tasks = {t: v for t, v in TASKS.items() if v[0] == dataset}
         for method, (kind, options) in methods.items():
             if kind == "stagate" and dataset == "flatmap":
                 continue  # a spatial-only peer: scored on osmFISH
             for seed in seeds:
+                if kind == "reference" and seed >= args.reference_seeds:
+                    continue
                 if kind == "spacon":
                     spa, con, seconds = embed_spacon(adata, seed, **options)
                 elif kind == "reference":
@@ -225,21 +252,31 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     spa, con, seconds = embed_stagate(adata, seed)
                 for task, (_, alpha, truth, k) in tasks.items():
-                    r = score(adata, spa, con, alpha=alpha, truth=truth, k=k, seed=seed)
-                    r.update(seed=seed, seconds=seconds)
-                    results["tasks"].setdefault(task, {}).setdefault(method, []).append(r)
-                    print(f"  {task:<24} {method:<28} seed {seed}: ARI {r['ari']:.3f} "
-                          f"NMI {r['nmi']:.3f} ({seconds:.1f} s)", flush=True)
+                    for suffix, copts in clusterings.items():
+                        if suffix and kind == "spacon" and method != "spacon":
+                            continue  # clustering variants: spacon's defaults and the peers
+                        r = score(adata, spa, con, alpha=alpha, truth=truth, k=k, seed=seed,
+                                  **copts)
+                        r.update(seed=seed, seconds=seconds)
+                        name = method + suffix
+                        results["tasks"].setdefault(task, {}).setdefault(name, []).append(r)
+                        print(f"  {task:<24} {name:<30} seed {seed}: ARI {r['ari']:.3f} "
+                              f"NMI {r['nmi']:.3f} ({seconds:.1f} s)", flush=True)
 
-    print(f"\n{'task':<24} {'method':<28} {'ARI mean +- sd (min)':<24} NMI mean")
+    print(f"\n{'task':<24} {'method':<30} {'ARI mean +- sd (min)':<24} NMI mean")
     for task, by_method in results["tasks"].items():
         for method, runs in by_method.items():
             s = summarize(runs)
             by_method[method] = s
-            print(f"{task:<24} {method:<28} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
+            print(f"{task:<24} {method:<30} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
                   f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}")
-    print(f"(over seeds {seeds}; STAGATE on osmFISH measured before: ARI 0.575)")
-    path = OUT / ("domains_quick.json" if args.quick else "domains.json")
+    print(f"(over seeds {seeds}, the reference over {args.reference_seeds}; clustering: "
+          "k-means to the true number of domains unless marked +Leiden; STAGATE on osmFISH "
+          "measured before: ARI 0.575 with Leiden)")
+    name = "domains" + ("_quick" if args.quick else "")
+    if len(args.datasets) == 1:
+        name += f"_{args.datasets[0]}"
+    path = OUT / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
     return 0

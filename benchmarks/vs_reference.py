@@ -21,9 +21,9 @@ Contenders, each timed as train + embed (graph building excluded for all):
 - **spacon (reference protocol)**: ``sp.tl.train(full_batch=False, n_epochs=10,
   batch_size=64, num_neighbors=[20, 10, 10])``, i.e. the reference's own settings.
 
-Domain quality: every contender's two embeddings go through the same
-``sp.tl.cluster`` (Leiden, resolution searched to the true number of domains): alpha=1
-against the simulated networks, alpha=0 against the simulated areas (ARI and NMI). The
+Domain quality: every contender's two embeddings go through the same ``sp.tl.cluster``
+at its defaults (k-means to the true number of domains): alpha=1 against the simulated
+networks, alpha=0 against the simulated areas (ARI and NMI). The
 reference's own clustering (its ``clustering()``: z-score, mix, 40-NN, UMAP, Louvain at
 tutorial 3's resolution 0.6) is also scored. Results go to ``benchmarks/out/vs_reference.json``.
 """

@@ -39,7 +39,7 @@ def _planted(n: int = N_CELLS, seed: int = 0) -> ad.AnnData:
 @pytest.fixture(scope="module")
 def clustered() -> ad.AnnData:
     adata = _planted()
-    cluster(adata, alpha=0.0, n_clusters=3)
+    cluster(adata, alpha=0.0, n_clusters=3, method="leiden")
     return adata
 
 
@@ -131,7 +131,7 @@ def test_linear_scale_and_louvain(clustered):
 
 def test_n_clusters_search_hits_k_and_resolution_reproduces(clustered):
     adata = clustered.copy()
-    cluster(adata, alpha=0.5, n_clusters=6, key_added="k6")
+    cluster(adata, alpha=0.5, n_clusters=6, method="leiden", key_added="k6")
     params = adata.uns["k6"]["params"]
     assert adata.obs["k6"].nunique() == 6 == params["n_clusters"]
     cluster(adata, alpha=0.5, resolution=params["resolution"], key_added="again")
@@ -146,9 +146,26 @@ def test_impossible_n_clusters_warns_and_keeps_closest(clustered, monkeypatch):
     warnings = []
     monkeypatch.setattr(_cluster.logg, "warning", lambda msg, *a, **k: warnings.append(msg))
     adata = clustered.copy()
-    cluster(adata, alpha=0.0, n_clusters=1, n_neighbors=10, key_added="one")
+    cluster(adata, alpha=0.0, n_clusters=1, n_neighbors=10, method="leiden", key_added="one")
     assert adata.obs["one"].nunique() == adata.uns["one"]["params"]["n_clusters"] == 3
     assert len(warnings) == 1 and "exactly 1 clusters" in warnings[0]
+
+
+def test_kmeans_is_the_default_with_n_clusters(clustered):
+    adata = clustered.copy()
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="km")
+    params = adata.uns["km"]["params"]
+    assert params["method"] == "kmeans" and params["n_clusters"] == 4
+    assert adata.obs["km"].nunique() == 4
+    counts = adata.obs["km"].value_counts()
+    assert counts["0"] == counts.max()
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["km"]) > 0.9
+    assert adata.obsp["km_neighbors_connectivities"].shape == (N_CELLS, N_CELLS)
+    cluster(adata, alpha=1.0, n_clusters=4, method="kmeans", key_added="km2")
+    assert (adata.obs["km2"] == adata.obs["km"]).all()
+    # without n_clusters "auto" is Leiden
+    cluster(adata, alpha=1.0, key_added="auto")
+    assert adata.uns["auto"]["params"]["method"] == "leiden"
 
 
 def test_deterministic_and_own_neighbors_untouched(clustered):

@@ -19,6 +19,9 @@ _ALPHA_SCALES = ("exponential", "linear")
 # Bounds of the resolution search used by ``n_clusters=``.
 _MAX_SEARCH_STEPS = 30
 _RESOLUTION_BOUNDS = (1e-4, 1e4)
+# The search stops when the resolutions giving too few and too many clusters are this
+# close (relative): the count jumps over the target there.
+_BRACKET_TOLERANCE = 1e-2
 # Above this many cells k-means runs on minibatches.
 _KMEANS_FULL_MAX = 100_000
 
@@ -165,10 +168,41 @@ def _renumber(membership: np.ndarray) -> np.ndarray:
     return rank[np.searchsorted(uniq, membership)]
 
 
+def _interpolate(lo: float, k_lo: int, hi: float, k_hi: int, target: int) -> float:
+    """Next resolution inside the bracket ``(lo, hi)``: linear in log k vs log resolution.
+
+    The step is kept within the middle half of the bracket (in log space), so the
+    bracket shrinks by at least a quarter whatever the noise of the counts.
+    """
+    a, b = np.log(lo), np.log(hi)
+    t = 0.5
+    if k_hi > k_lo:
+        t = (np.log(target) - np.log(k_lo)) / (np.log(k_hi) - np.log(k_lo))
+    return float(np.exp(a + float(np.clip(t, 0.25, 0.75)) * (b - a)))
+
+
+def _extrapolate(previous: tuple[float, int] | None, current: tuple[float, int], target: int):
+    """Next resolution when only one side of the target is known.
+
+    The number of communities grows roughly as a power of the resolution: the slope in
+    log-log space of the last two runs predicts the step (between 1.1x and 64x); without
+    two usable runs the step is 4x. A search from resolution 1 to ~60 communities on
+    10^5-10^6 cells takes about half as many clusterings as plain bisection.
+    """
+    res, k = current
+    direction = 1.0 if k < target else -1.0
+    step = np.log(4.0)
+    if previous is not None and previous[1] != k and previous[0] != res:
+        slope = (np.log(k) - np.log(previous[1])) / (np.log(res) - np.log(previous[0]))
+        if slope > 0:
+            step = float(np.clip(abs(np.log(target / k)) / slope, np.log(1.1), np.log(64.0)))
+    return float(res * np.exp(direction * step))
+
+
 def _search_resolution(
     graph, *, target: int, method: str, start: float, random_state: int
 ) -> tuple[np.ndarray, float]:
-    """Find a resolution that gives ``target`` communities (bisection in log space).
+    """Find a resolution that gives ``target`` communities (search in log-log space).
 
     Returns the labels and resolution of the closest result found; warns when ``target``
     was not reached within the search budget.
@@ -183,6 +217,7 @@ def _search_resolution(
 
     res = float(np.clip(start, lo_bound, hi_bound))
     lo = hi = None  # resolutions known to give too few / too many clusters
+    previous: tuple[float, int] | None = None
     for _ in range(_MAX_SEARCH_STEPS):
         k = run(res)
         if k == target:
@@ -192,13 +227,13 @@ def _search_resolution(
         else:
             hi = res if hi is None else min(hi, res)
         if lo is not None and hi is not None:
-            if abs(hi / lo - 1.0) < 1e-3:  # bracket collapsed: k jumps over target here
+            if abs(hi / lo - 1.0) < _BRACKET_TOLERANCE:  # k jumps over target here
                 break
-            nxt = float(np.sqrt(lo * hi))
-        elif lo is not None:
-            nxt = min(lo * 4.0, hi_bound)
+            nxt = _interpolate(lo, run(lo), hi, run(hi), target)
         else:
-            nxt = max(hi / 4.0, lo_bound)
+            nxt = _extrapolate(previous, (res, k), target)
+            nxt = float(np.clip(nxt, lo_bound, hi_bound))
+        previous = (res, k)
         if nxt == res or nxt in cache:
             break
         res = nxt
@@ -376,7 +411,7 @@ def cluster(
         How ``alpha`` maps to the mixing weight ``f`` (see above).
     n_clusters
         Number of domains. k-means gives exactly this many; Leiden and Louvain search
-        the resolution (bisection in log space, at most 30 clusterings on the same
+        the resolution (interpolation in log space, at most 30 clusterings on the same
         graph) and keep the closest result, with a warning, if none hits it
         (``resolution`` is then the starting point).
     resolution
