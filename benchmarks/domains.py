@@ -205,13 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-seeds", type=int, default=1,
                         help="seeds of the reference (about 5 min each on the flatmap)")
     parser.add_argument("--stagate", action="store_true", help="also STAGATE (osmFISH)")
-    parser.add_argument("--variants", action="store_true", help="also non-default spacon runs")
+    parser.add_argument("--variants", action="store_true",
+                        help="also non-default spacon training and clusterings")
+    parser.add_argument("--cluster-variants", action="store_true",
+                        help="only the non-default clusterings (no extra training)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--datasets", nargs="+", choices=["flatmap", "osmfish"],
                         default=["flatmap", "osmfish"], help="data sets to run")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.reference, args.stagate, args.variants = 1, False, False, False
+        args.seeds, args.reference, args.stagate = 1, False, False
+        args.variants = args.cluster_variants = False
 
     import scanpy as sc
     import torch
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stagate:
         methods["STAGATE"] = ("stagate", None)
     clusterings = {"": {}}
-    if args.variants:
+    if args.variants or args.cluster_variants:
         clusterings.update(CLUSTERINGS)
 
     results: dict = {"date": str(datetime.date.today()), "seeds": seeds, "tasks": {}}

@@ -1,19 +1,27 @@
 """Whole-brain scale benchmark: the spacon pipeline on a synthetic brain of 10^4-10^6 cells.
 
 Every size runs in a fresh subprocess (so its peak resident memory is its own): generate
-the brain (``_brain.synthetic_brain``), then time ``pp.spatial_graph`` (3-D, 129 sections),
-``pp.connectivity`` (region-level, top-k per cell), ``tl.train`` (one epoch, every cell a
-seed once), ``tl.embed`` and ``tl.cluster`` (``n_clusters`` given) + ``tl.refine``.
+the brain (``_brain.synthetic_brain``: 129 coronal sections, ~300 nested regions, 500
+genes, ~20%-dense region connectome), then time ``pp.spatial_graph`` (radius graph per
+section + adjacent sections), ``pp.connectivity`` (region-level, top-k 100 per cell),
+``tl.train`` (one minibatch epoch, every cell a seed once), ``tl.embed``, ``tl.cluster``
+(``n_clusters`` given, its default method) + ``tl.refine``, and ``tl.cluster`` with
+``method="leiden"`` and ``n_clusters`` (the resolution search).
 
     python benchmarks/scale.py                      # 2.5 x 10^5 cells (the default)
-    python benchmarks/scale.py --n-cells 1000000    # whole brain, 10^6 cells
-    python benchmarks/scale.py --n-cells 10000 100000 250000 --plot
+    python benchmarks/scale.py --n-cells 1000000    # whole brain, 10^6 cells (~30 min)
+    python benchmarks/scale.py --n-cells 10000 100000
+    python benchmarks/scale.py --plot               # table + figure from saved results
+    python benchmarks/scale.py --device cuda        # same benchmark on a GPU
 
-Long runs can be split into stages, each its own process (``--stages pp``, then
-``train``, ``embed``, ``cluster``), sharing files in ``--workdir``; the pipeline's peak
-memory is then the largest of the stages'. Results are appended to
-``benchmarks/out/scale/results.jsonl``; the table and a log-log plot of time vs cells per
-step (``--plot``) are made from all results there.
+Training uses ``--batch-size 1024 --num-neighbors 5 5`` by default (see README: the cost of
+an epoch is ~ n_cells x nodes-per-seed x time-per-node). Long runs can be split into
+stages, each its own process (``--stages pp``, then ``train,embed``, ``cluster``,
+``leiden``), sharing files in ``--workdir``; the pipeline's peak memory is then the largest
+of the stages'. ``--train-batches K`` times only the first K batches of the epoch and
+extrapolates (later stages then use a model trained on 20,000 cells). Results are appended
+to ``benchmarks/out/scale/results.jsonl``; the table and a log-log plot of time vs cells
+per step (``benchmarks/out/scale/scale.png``) are made from all results there.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "scale"
 STEPS = ("spatial_graph", "connectivity", "train", "embed", "cluster_refine", "cluster_leiden")
 STAGES = {"pp": ("spatial_graph", "connectivity"), "train": ("train",), "embed": ("embed",)}
-STAGES["cluster"] = ("cluster_refine", "cluster_leiden")
+STAGES.update(cluster=("cluster_refine",), leiden=("cluster_leiden",))
 #: targets of the scale issue, in seconds and GB: {n_cells: {step: limit}}
 TARGETS = {
     250_000: {"spatial_graph": 15, "connectivity": 60, "train": 300, "embed": 120,
@@ -104,7 +112,12 @@ def run_child(opts: argparse.Namespace) -> dict:
     else:
         adata = sc.read_h5ad(work / "brain.h5ad")
 
-    if "train" in stages:
+    if "train" in stages and opts.train_batches:
+        model = timed("train", lambda: partial_epoch(adata, opts, result))
+        result["steps"]["train"] = result["train_extrapolated"]["epoch_s"]
+        if "embed" not in stages:
+            model.save(work / "model", overwrite=True)
+    elif "train" in stages:
         model = timed(
             "train",
             lambda: sp.tl.train(
@@ -128,10 +141,10 @@ def run_child(opts: argparse.Namespace) -> dict:
     if "embed" in stages:
         timed("embed", lambda: sp.tl.embed(adata, model=model, device=opts.device,
                                             progress=False))  # fmt: skip
-        if "cluster" not in stages:
+        if "cluster" not in stages or "leiden" not in stages:
             np.savez(work / "embedding.npz", spatial=adata.obsm["X_spacon_spatial"],
                      connectome=adata.obsm["X_spacon_connectome"])  # fmt: skip
-    elif "cluster" in stages:
+    elif "cluster" in stages or "leiden" in stages:
         saved = np.load(work / "embedding.npz")
         adata.obsm["X_spacon_spatial"] = saved["spatial"]
         adata.obsm["X_spacon_connectome"] = saved["connectome"]
@@ -145,6 +158,7 @@ def run_child(opts: argparse.Namespace) -> dict:
         timed("cluster_refine", cluster_refine)
         result["n_clusters"] = int(adata.uns["spacon"]["params"]["n_clusters"])
         result["cluster_method"] = str(adata.uns["spacon"]["params"]["method"])
+    if "leiden" in stages:
         timed("cluster_leiden", lambda: sp.tl.cluster(adata, alpha=opts.alpha, method="leiden",
                                                       n_clusters=opts.n_clusters,
                                                       key_added="leiden"))  # fmt: skip
@@ -152,6 +166,61 @@ def run_child(opts: argparse.Namespace) -> dict:
     result["peak_rss_gb"] = peak_rss_gb()
     result["stages"] = stages
     return result
+
+
+def partial_epoch(adata, opts: argparse.Namespace, result: dict):
+    """Time ``opts.train_batches`` minibatches of an epoch and extrapolate to the epoch.
+
+    Runs what :func:`spacon.tl.train` runs in minibatch mode (graph conversion, then per
+    batch: sampling, feature gathering, one optimisation step) on the full data, for the
+    first batches only; the epoch time is the set-up plus the mean batch time times the
+    number of batches, and replaces the measured time in the results. For the later
+    stages the returned model is trained (one epoch) on the first 20,000 cells.
+    """
+    import numpy as np
+    import torch
+
+    import spacon as sp
+    from spacon._core._graph import CSR, remove_self_loops
+    from spacon._core._module import SpaconNet
+    from spacon._core._sampler import NeighborSampler
+    from spacon._core._trainer import FeatureMatrix, _graph_tensors, _step
+
+    device = torch.device(opts.device)
+    start = time.perf_counter()
+    con = remove_self_loops(CSR.from_scipy(adata.obsp["connectome_connectivities"]))
+    spa = remove_self_loops(CSR.from_scipy(adata.obsp["spatial_connectivities"]))
+    features = FeatureMatrix(adata.X)
+    torch.manual_seed(0)
+    net = SpaconNet([adata.n_vars, 256, 128, 32]).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
+    sampler = NeighborSampler(con, spa, opts.num_neighbors, opts.batch_size,
+                              np.random.default_rng(0))  # fmt: skip
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    nodes = 0
+    for i, batch in enumerate(sampler):
+        if i == opts.train_batches:
+            break
+        nodes += len(batch.n_id)
+        _step(net, optimizer, features.tensor(batch.n_id, device),
+              _graph_tensors(batch.connectome, device, False),
+              _graph_tensors(batch.spatial, device, False), 5.0)  # fmt: skip
+    per_batch = (time.perf_counter() - start) / opts.train_batches
+    result["train_extrapolated"] = {
+        "batches_timed": opts.train_batches, "batches_per_epoch": len(sampler),
+        "setup_s": setup, "per_batch_s": per_batch,
+        "nodes_per_batch": nodes / opts.train_batches,
+        "epoch_s": setup + per_batch * len(sampler),
+    }  # fmt: skip
+    print(f"  (train: {opts.train_batches} of {len(sampler)} batches timed, "
+          f"{per_batch:.2f} s each, {nodes / opts.train_batches:,.0f} nodes each; "
+          f"epoch ~ {result['train_extrapolated']['epoch_s']:.0f} s)", flush=True)  # fmt: skip
+    del con, spa, features, sampler
+    subset = adata[: min(20_000, adata.n_obs)].copy()
+    return sp.tl.train(subset, n_epochs=1, batch_size=opts.batch_size,
+                       num_neighbors=opts.num_neighbors, full_batch=False,
+                       device=opts.device, progress=False)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- parent
@@ -174,6 +243,8 @@ def merged(results: list[dict]) -> dict[int, dict]:
         for key in ("spatial_edges", "connectome_edges", "date", "device"):
             if key in res:
                 row[key] = res[key]
+        if "train" in res["steps"]:
+            row["train_extrapolated"] = res.get("train_extrapolated")
     return dict(sorted(table.items()))
 
 
@@ -195,6 +266,8 @@ def print_table(table: dict[int, dict]) -> str:
             text = "-" if value is None else (
                 f"{value:.2f} GB" if step == "peak_rss_gb" else fmt_time(value)
             )
+            if step == "train" and row.get("train_extrapolated"):
+                text += " *"
             limit = TARGETS.get(n, {}).get(step)
             if value is not None and limit is not None:
                 unit = " GB" if step == "peak_rss_gb" else " s"
@@ -207,6 +280,14 @@ def print_table(table: dict[int, dict]) -> str:
         "connectome stored edges"
         for n, row in table.items()
     ]
+    for n, row in table.items():
+        ext = row.get("train_extrapolated")
+        if ext:
+            edges.append(
+                f"* {n:,}: train extrapolated from {ext['batches_timed']} of "
+                f"{ext['batches_per_epoch']} batches ({ext['per_batch_s']:.2f} s per batch of "
+                f"{ext['nodes_per_batch']:,.0f} nodes, set-up {ext['setup_s']:.0f} s)"
+            )
     text = "\n".join(lines) + "\n\n" + "\n".join(edges)
     print(text)
     return text
@@ -244,8 +325,8 @@ def plot(table: dict[int, dict], path: Path) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-cells", type=int, nargs="+", default=[250_000])
-    p.add_argument("--stages", default="pp,train,embed,cluster",
-                   help="comma-separated subset of pp,train,embed,cluster")  # fmt: skip
+    p.add_argument("--stages", default="pp,train,embed,cluster,leiden",
+                   help="comma-separated subset of pp,train,embed,cluster,leiden")  # fmt: skip
     p.add_argument("--workdir", default=str(OUT / "work"))
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     p.add_argument("--n-genes", type=int, default=500)
@@ -255,6 +336,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--n-clusters", type=int, default=60)
     p.add_argument("--n-jobs", type=int, default=2, help="threads for kNN searches")
+    p.add_argument("--train-batches", type=int, default=0,
+                   help="time only this many batches and extrapolate to the epoch")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="only redraw the table and plot")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -277,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, __file__, "--child", "--result", str(result_file),
                    "--n-cells", str(n)]  # fmt: skip
             for name in ("stages", "workdir", "device", "n_genes", "top_k", "batch_size",
-                         "alpha", "n_clusters", "n_jobs", "seed"):  # fmt: skip
+                         "alpha", "n_clusters", "n_jobs", "seed", "train_batches"):  # fmt: skip
                 cmd += [f"--{name.replace('_', '-')}", str(getattr(opts, name))]
             cmd += ["--num-neighbors", *map(str, opts.num_neighbors)]
             start = time.perf_counter()

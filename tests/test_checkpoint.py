@@ -154,7 +154,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(base, tmp_path):
     folder = tmp_path / "ckpt"
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(_KILLED_RUN.format(options=OPTIONS, n_epochs=n_epochs)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # same thread count as this process: float reductions must happen in the same order
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(

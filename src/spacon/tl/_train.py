@@ -171,6 +171,11 @@ def train(
         Seed cells per minibatch.
     num_neighbors
         Connectome neighbours sampled per cell and hop in minibatch mode (``-1``: all).
+        An epoch computes every layer for about ``n_obs * (1 + k1 + k1 k2 + ...)`` nodes
+        (fewer once batches overlap): ~1,600 per seed with ``(20, 10, 10)`` on a dense
+        connectome, ~29 with ``(5, 5)``. For 10^5-10^6 cells on a CPU use e.g.
+        ``batch_size=1024, num_neighbors=(5, 5)``: one epoch over 2.5 x 10^5 cells with
+        500 genes then takes a few minutes on 2 cores (``benchmarks/scale.py``).
         In full-batch mode every step keeps a fresh sample of at most ``max(num_neighbors)``
         connectome neighbours per cell (``-1``: all), which keeps dense connectomes fast.
     weighted_sampling
