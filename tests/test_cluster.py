@@ -160,7 +160,9 @@ def test_kmeans_is_the_default_with_n_clusters(clustered):
     counts = adata.obs["km"].value_counts()
     assert counts["0"] == counts.max()
     assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["km"]) > 0.9
-    assert adata.obsp["km_neighbors_connectivities"].shape == (N_CELLS, N_CELLS)
+    # k-means needs no kNN graph: none is built or stored
+    assert "km_neighbors" not in adata.uns and "km_neighbors_connectivities" not in adata.obsp
+    assert "n_neighbors" not in params and "neighbors_key" not in params
     cluster(adata, alpha=1.0, n_clusters=4, method="kmeans", key_added="km2")
     assert (adata.obs["km2"] == adata.obs["km"]).all()
     # without n_clusters "auto" is Leiden
@@ -178,7 +180,8 @@ def test_deterministic_and_own_neighbors_untouched(clustered):
     user_uns = {"connectivities_key": "connectivities", "params": {"n_neighbors": 7}}
     adata.uns["neighbors"] = user_uns
     user_conn = adata.obsp["connectivities"].copy()
-    cluster(adata, alpha=0.0, n_clusters=3, key_added="again", neighbors_key="mine")
+    cluster(adata, alpha=0.0, n_clusters=3, method="leiden", key_added="again",
+            neighbors_key="mine")
     assert (adata.obs["again"] == adata.obs[Key.obs.domains]).all()
     assert adata.uns["neighbors"] == {
         "connectivities_key": "connectivities",
@@ -363,7 +366,7 @@ def test_approximate_knn_path(monkeypatch):
 
     monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
     adata = _planted()
-    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15)
+    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15, method="leiden")
     assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
     assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs[Key.obs.domains]) > 0.9
 
@@ -390,6 +393,6 @@ def test_large_data_knn_wrapper_feeds_scanpy_a_scipy_matrix(monkeypatch):
     monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
     monkeypatch.setattr(pynndescent, "PyNNDescentTransformer", FakeNNDescent)
     adata = _planted()
-    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15)
+    cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15, method="leiden")
     assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
     assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs[Key.obs.domains]) > 0.9

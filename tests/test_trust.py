@@ -386,8 +386,11 @@ def test_one_liner_runs_on_small_data_with_cluster_kwargs():
     adata, fc = make_adata(n=30)
     sp.tl.spacon(adata, fc, n_clusters=2, connectivity_kwargs={"top_k": 5},
                  spatial_graph_kwargs={"n_neighbors": 5}, train_kwargs=TRAIN,
-                 cluster_kwargs={"n_neighbors": 8})
+                 cluster_kwargs={"n_neighbors": 8, "method": "leiden"})
     assert adata.uns[Key.obs.domains]["params"]["n_neighbors"] == 8
+    # k-means (the default with n_clusters) builds no kNN graph, so any n_neighbors works
+    sp.tl.spacon(adata, fc, n_clusters=2, train_kwargs=TRAIN, cluster_kwargs={"n_neighbors": 40})
+    assert "n_neighbors" not in adata.uns[Key.obs.domains]["params"]
 
 
 # ------------------------------------------------------------------- option values

@@ -280,16 +280,17 @@ def _cluster_labels(
     resolution: float,
     n_clusters: int | None,
     random_state: int,
-) -> tuple[np.ndarray, float, sp_sparse.csr_matrix, sp_sparse.csr_matrix, dict]:
-    """Neighbour graph + community detection on an array; touches no AnnData.
+) -> tuple[np.ndarray, float, sp_sparse.csr_matrix | None, sp_sparse.csr_matrix | None, dict | None]:
+    """Community detection on a kNN graph of an array, or k-means; touches no AnnData.
 
-    Returns ``(labels, final_resolution, connectivities, distances, neighbor_params)``.
+    Returns ``(labels, final_resolution, connectivities, distances, neighbor_params)``;
+    k-means builds no graph (the last three are ``None``).
     """
-    conn, dist, nparams = _neighbor_graph(mixed, n_neighbors=n_neighbors, random_state=random_state)
     method = resolve_method(method, n_clusters)
     if method == "kmeans":
         labels = _kmeans(mixed, int(n_clusters), random_state)
-        return labels, float(resolution), conn, dist, nparams
+        return labels, float(resolution), None, None, None
+    conn, dist, nparams = _neighbor_graph(mixed, n_neighbors=n_neighbors, random_state=random_state)
     graph = _igraph(conn)
     if n_clusters is None:
         labels = _partition(graph, method=method, resolution=resolution, random_state=random_state)
@@ -367,7 +368,8 @@ def _check_cluster_options(
             f"`n_clusters` must be an integer in [1, n_obs={adata.n_obs}] or None, "
             f"got {n_clusters!r}."
         )
-    if not _is_int(n_neighbors) or not 2 <= n_neighbors < adata.n_obs:
+    graph_based = resolve_method(method, n_clusters) != "kmeans"
+    if not _is_int(n_neighbors) or n_neighbors < 2 or (graph_based and n_neighbors >= adata.n_obs):
         raise ValueError(
             f"`n_neighbors` must be an integer in [2, n_obs) = [2, {adata.n_obs}), "
             f"got {n_neighbors!r}."
@@ -398,7 +400,8 @@ def cluster(
     of the mix is built (:func:`scanpy.pp.neighbors`) and clustered with Leiden (igraph,
     modularity, 2 iterations, as ``sc.tl.leiden(flavor="igraph")``) or Louvain (igraph's
     multilevel); or the mix itself is split by k-means into ``n_clusters`` domains (the
-    default when ``n_clusters`` is given). No UMAP is computed and nothing is written to disk.
+    default when ``n_clusters`` is given; no kNN graph is built then). No UMAP is computed
+    and nothing is written to disk.
 
     Parameters
     ----------
@@ -424,27 +427,29 @@ def cluster(
         the kNN graph cuts there less cleanly than k-means (on the simulated flatmap,
         alpha=0: ARI 0.81 with Leiden, 0.92 with k-means, same embeddings).
     n_neighbors
-        Neighbours of the kNN graph on the mix.
+        Neighbours of the kNN graph on the mix (Leiden and Louvain).
     random_state
         Seed of the neighbour search and of the community detection.
     key_added
         ``obs`` column of the labels and ``uns`` key of the parameters.
     neighbors_key
-        Where the kNN graph goes: ``obsp[f"{neighbors_key}_connectivities"]``,
-        ``obsp[f"{neighbors_key}_distances"]``, ``uns[neighbors_key]``. Defaults to
-        ``f"{key_added}_neighbors"`` so the user's ``"neighbors"`` graph is kept.
+        Where the kNN graph of Leiden and Louvain goes:
+        ``obsp[f"{neighbors_key}_connectivities"]``, ``obsp[f"{neighbors_key}_distances"]``,
+        ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
+        ``"neighbors"`` graph is kept. k-means needs no graph; for a UMAP of the mix run
+        ``sc.pp.neighbors(adata, use_rep="X_spacon")``.
     copy
         Return a modified copy instead of writing to ``adata``.
 
     Returns
     -------
     ``None``, or the annotated copy if ``copy=True``. Writes ``obsm["X_spacon"]`` (the mix,
-    float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), the
-    neighbour graph under ``neighbors_key`` (built for k-means too, for downstream use)
-    and ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``, the ``method``
-    used, final ``resolution`` (unused by k-means), ``n_clusters`` found, ``n_neighbors``,
-    ``neighbors_key``, ``random_state`` and, when ``n_clusters`` was given,
-    ``n_clusters_requested``).
+    float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), for
+    Leiden and Louvain the neighbour graph under ``neighbors_key``, and
+    ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``, the ``method`` used,
+    final ``resolution`` (unused by k-means), ``n_clusters`` found, ``random_state``,
+    ``n_neighbors`` and ``neighbors_key`` when a graph was built, and, when
+    ``n_clusters`` was given, ``n_clusters_requested``).
 
     Examples
     --------
@@ -489,14 +494,15 @@ def cluster(
 
     adata = adata.copy() if copy else adata
     adata.obsm[Key.obsm.mixed] = mixed
-    conn_key, dist_key = Key.connectivities(neighbors_key), Key.distances(neighbors_key)
-    adata.obsp[conn_key] = conn
-    adata.obsp[dist_key] = dist
-    adata.uns[neighbors_key] = {
-        "connectivities_key": conn_key,
-        "distances_key": dist_key,
-        "params": nparams,
-    }
+    if conn is not None:
+        conn_key, dist_key = Key.connectivities(neighbors_key), Key.distances(neighbors_key)
+        adata.obsp[conn_key] = conn
+        adata.obsp[dist_key] = dist
+        adata.uns[neighbors_key] = {
+            "connectivities_key": conn_key,
+            "distances_key": dist_key,
+            "params": nparams,
+        }
     categories = [str(i) for i in range(n_found)]
     adata.obs[key_added] = pd.Categorical.from_codes(labels, categories=categories)
     params = {
@@ -506,10 +512,10 @@ def cluster(
         "method": method,
         "resolution": final_res,
         "n_clusters": n_found,
-        "n_neighbors": int(n_neighbors),
-        "neighbors_key": neighbors_key,
         "random_state": int(random_state),
     }
+    if conn is not None:
+        params.update(n_neighbors=int(n_neighbors), neighbors_key=neighbors_key)
     if n_clusters is not None:
         params["n_clusters_requested"] = int(n_clusters)
     adata.uns[key_added] = {"params": params}
