@@ -280,7 +280,9 @@ def _cluster_labels(
     resolution: float,
     n_clusters: int | None,
     random_state: int,
-) -> tuple[np.ndarray, float, sp_sparse.csr_matrix | None, sp_sparse.csr_matrix | None, dict | None]:
+) -> tuple[
+    np.ndarray, float, sp_sparse.csr_matrix | None, sp_sparse.csr_matrix | None, dict | None
+]:
     """Community detection on a kNN graph of an array, or k-means; touches no AnnData.
 
     Returns ``(labels, final_resolution, connectivities, distances, neighbor_params)``;
