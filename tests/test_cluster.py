@@ -151,23 +151,66 @@ def test_impossible_n_clusters_warns_and_keeps_closest(clustered, monkeypatch):
     assert len(warnings) == 1 and "exactly 1 clusters" in warnings[0]
 
 
-def test_kmeans_is_the_default_with_n_clusters(clustered):
+def test_gmm_is_the_default_with_n_clusters(clustered):
     adata = clustered.copy()
-    cluster(adata, alpha=1.0, n_clusters=4, key_added="km")
-    params = adata.uns["km"]["params"]
-    assert params["method"] == "kmeans" and params["n_clusters"] == 4
-    assert adata.obs["km"].nunique() == 4
-    counts = adata.obs["km"].value_counts()
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="gm")
+    params = adata.uns["gm"]["params"]
+    assert params["method"] == "gmm" and params["n_clusters"] == 4
+    assert adata.obs["gm"].nunique() == 4
+    counts = adata.obs["gm"].value_counts()
     assert counts["0"] == counts.max()
-    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["km"]) > 0.9
-    # k-means needs no kNN graph: none is built or stored
-    assert "km_neighbors" not in adata.uns and "km_neighbors_connectivities" not in adata.obsp
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["gm"]) > 0.9
+    # a mixture needs no kNN graph: none is built or stored
+    assert "gm_neighbors" not in adata.uns and "gm_neighbors_connectivities" not in adata.obsp
     assert "n_neighbors" not in params and "neighbors_key" not in params
-    cluster(adata, alpha=1.0, n_clusters=4, method="kmeans", key_added="km2")
-    assert (adata.obs["km2"] == adata.obs["km"]).all()
+    cluster(adata, alpha=1.0, n_clusters=4, method="gmm", key_added="gm2")
+    assert (adata.obs["gm2"] == adata.obs["gm"]).all()
+    cluster(adata, alpha=1.0, n_clusters=4, method="kmeans", key_added="km")
+    assert adata.uns["km"]["params"]["method"] == "kmeans"
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["km"]) > 0.9
+    assert "km_neighbors" not in adata.uns
     # without n_clusters "auto" is Leiden
     cluster(adata, alpha=1.0, key_added="auto")
     assert adata.uns["auto"]["params"]["method"] == "leiden"
+
+
+def _sheared(seed: int, n: int = 400) -> ad.AnnData:
+    """Two domains side by side, both stretched along the same diagonal direction."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    along = rng.normal(0.0, 1.2, n)[:, None] * np.array([1.0, 1.0]) / np.sqrt(2)
+    across = rng.normal(0.0, 0.3, n)[:, None] * np.array([1.0, -1.0]) / np.sqrt(2)
+    spatial = along + across + truth[:, None] * np.array([3.0, 0.0])
+    return ad.AnnData(
+        obs=pd.DataFrame({"truth": truth}, index=[f"c{i}" for i in range(n)]),
+        obsm={
+            Key.obsm.spatial_embedding: spatial.astype(np.float32),
+            Key.obsm.connectome_embedding: rng.normal(size=(n, 2)).astype(np.float32),
+        },
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_gmm_follows_a_shared_elongated_shape_that_kmeans_cuts(seed):
+    adata = _sheared(seed)
+    cluster(adata, alpha=0.0, n_clusters=2, method="kmeans", key_added="km")
+    cluster(adata, alpha=0.0, n_clusters=2, key_added="gm")
+    assert adjusted_rand_score(adata.obs["truth"], adata.obs["km"]) < 0.5
+    assert adjusted_rand_score(adata.obs["truth"], adata.obs["gm"]) > 0.95
+
+
+def test_gmm_in_chunks_matches_one_block(monkeypatch):
+    from spacon.tl import _cluster
+
+    x = _cluster.mix_embeddings(
+        _sheared(1).obsm[Key.obsm.spatial_embedding],
+        _sheared(1).obsm[Key.obsm.connectome_embedding],
+        0.3,
+    )
+    whole = _cluster._gmm(x, 3, 0)
+    monkeypatch.setattr(_cluster, "_GMM_CHUNK", 37)
+    np.testing.assert_array_equal(_cluster._gmm(x, 3, 0), whole)
+    assert set(np.unique(whole)) == {0, 1, 2}
 
 
 def test_deterministic_and_own_neighbors_untouched(clustered):
@@ -222,6 +265,7 @@ def test_h5ad_round_trip(clustered, tmp_path):
         ({"n_neighbors": 60}, ValueError, "n_neighbors"),
         ({"n_neighbors": 1}, ValueError, "n_neighbors"),
         ({"method": "kmeans"}, ValueError, "method"),
+        ({"method": "gmm"}, ValueError, "method"),
         ({"alpha_scale": "log"}, ValueError, "alpha_scale"),
         ({"random_state": 0.5}, TypeError, "random_state"),
     ],

@@ -388,7 +388,7 @@ def test_one_liner_runs_on_small_data_with_cluster_kwargs():
                  spatial_graph_kwargs={"n_neighbors": 5}, train_kwargs=TRAIN,
                  cluster_kwargs={"n_neighbors": 8, "method": "leiden"})
     assert adata.uns[Key.obs.domains]["params"]["n_neighbors"] == 8
-    # k-means (the default with n_clusters) builds no kNN graph, so any n_neighbors works
+    # the default with n_clusters (Gaussian mixture) builds no kNN graph: any n_neighbors works
     sp.tl.spacon(adata, fc, n_clusters=2, train_kwargs=TRAIN, cluster_kwargs={"n_neighbors": 40})
     assert "n_neighbors" not in adata.uns[Key.obs.domains]["params"]
 

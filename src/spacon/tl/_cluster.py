@@ -14,7 +14,9 @@ from scanpy import logging as logg
 from .._constants import Key
 from .._utils import check_adata
 
-_METHODS = ("auto", "leiden", "louvain", "kmeans")
+_METHODS = ("auto", "leiden", "louvain", "kmeans", "gmm")
+# Methods that split the mix into exactly ``n_clusters`` groups and build no kNN graph.
+_FIXED_K_METHODS = ("kmeans", "gmm")
 _ALPHA_SCALES = ("exponential", "linear")
 # Bounds of the resolution search used by ``n_clusters=``.
 _MAX_SEARCH_STEPS = 30
@@ -24,6 +26,12 @@ _RESOLUTION_BOUNDS = (1e-4, 1e4)
 _BRACKET_TOLERANCE = 1e-2
 # Above this many cells k-means runs on minibatches.
 _KMEANS_FULL_MAX = 100_000
+# Gaussian mixture: EM stops when the mean log-likelihood per cell gains less than this;
+# rows are processed in chunks of this many (memory O(chunk * n_clusters)).
+_GMM_MAX_ITER = 100
+_GMM_TOL = 1e-3
+_GMM_REG = 1e-6
+_GMM_CHUNK = 65_536
 
 
 def mixing_weight(
@@ -265,10 +273,65 @@ def _kmeans(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
     return _renumber(model.fit_predict(x).astype(np.int64))
 
 
+def _gmm(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
+    """Labels of a Gaussian mixture whose components share one covariance matrix.
+
+    mclust's ``"EEE"`` model, the usual fixed-k clustering of spatial-domain embeddings
+    (STAGATE, GraphST). Started from the k-means partition (:func:`_kmeans`), fitted by
+    EM in chunks of rows, so memory is ``O(chunk * n_clusters + d^2)`` and every step costs
+    ``O(n d (d + n_clusters))``. A component can empty out during EM: the result then has
+    fewer than ``n_clusters`` labels (renumbered ``0, 1, ...``).
+    """
+    from scipy.linalg import solve_triangular
+    from scipy.special import logsumexp
+
+    labels = _kmeans(x, n_clusters, random_state)
+    n, d = x.shape
+    counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
+    sums = np.zeros((n_clusters, d))
+    scatter = np.zeros((d, d))
+    for start in range(0, n, _GMM_CHUNK):
+        block = np.asarray(x[start : start + _GMM_CHUNK], dtype=np.float64)
+        np.add.at(sums, labels[start : start + _GMM_CHUNK], block)
+        scatter += block.T @ block
+    means = sums / counts[:, None]
+    previous = -np.inf
+    for _ in range(_GMM_MAX_ITER):
+        # shared covariance: (sum_i x_i x_i^T - sum_k n_k mu_k mu_k^T) / n, regularised
+        cov = (scatter - (means * counts[:, None]).T @ means) / n
+        cov.flat[:: d + 1] += _GMM_REG
+        chol = np.linalg.cholesky(cov)
+        whiten = solve_triangular(chol, np.eye(d), lower=True).T  # x @ whiten: identity cov
+        centres = means @ whiten
+        with np.errstate(divide="ignore"):
+            log_weight = np.log(counts / n)
+        offset = log_weight - 0.5 * (centres**2).sum(1) - np.log(np.diag(chol)).sum()
+        counts = np.zeros(n_clusters)
+        sums = np.zeros((n_clusters, d))
+        log_likelihood = 0.0
+        for start in range(0, n, _GMM_CHUNK):
+            block = np.asarray(x[start : start + _GMM_CHUNK], dtype=np.float64)
+            white = block @ whiten
+            # log density up to the constant -d/2 log(2 pi), the same for every component
+            log_p = white @ centres.T - 0.5 * (white**2).sum(1, keepdims=True) + offset
+            norm = logsumexp(log_p, axis=1, keepdims=True)
+            resp = np.exp(log_p - norm)
+            labels[start : start + _GMM_CHUNK] = log_p.argmax(1)
+            log_likelihood += float(norm.sum())
+            counts += resp.sum(0)
+            sums += resp.T @ block
+        means = sums / np.maximum(counts, np.finfo(np.float64).tiny)[:, None]
+        log_likelihood /= n
+        if log_likelihood - previous < _GMM_TOL:
+            break
+        previous = log_likelihood
+    return _renumber(labels)
+
+
 def resolve_method(method: str, n_clusters: int | None) -> str:
-    """``"auto"`` is k-means when the number of clusters is given, else Leiden."""
+    """``"auto"`` is a Gaussian mixture when the number of clusters is given, else Leiden."""
     if method == "auto":
-        return "leiden" if n_clusters is None else "kmeans"
+        return "leiden" if n_clusters is None else "gmm"
     return method
 
 
@@ -289,8 +352,9 @@ def _cluster_labels(
     k-means builds no graph (the last three are ``None``).
     """
     method = resolve_method(method, n_clusters)
-    if method == "kmeans":
-        labels = _kmeans(mixed, int(n_clusters), random_state)
+    if method in _FIXED_K_METHODS:
+        split = _kmeans if method == "kmeans" else _gmm
+        labels = split(mixed, int(n_clusters), random_state)
         return labels, float(resolution), None, None, None
     conn, dist, nparams = _neighbor_graph(mixed, n_neighbors=n_neighbors, random_state=random_state)
     graph = _igraph(conn)
@@ -357,8 +421,8 @@ def _check_cluster_options(
     """Validate the scalar options shared by :func:`cluster` and the alpha-sweep plot."""
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
-    if method == "kmeans" and n_clusters is None:
-        raise ValueError("`method='kmeans'` needs `n_clusters`; pass the number of domains.")
+    if method in _FIXED_K_METHODS and n_clusters is None:
+        raise ValueError(f"`method={method!r}` needs `n_clusters`; pass the number of domains.")
     if alpha_scale not in _ALPHA_SCALES:
         raise ValueError(f"`alpha_scale` must be one of {_ALPHA_SCALES}, got {alpha_scale!r}.")
     if not _is_real(alpha) or not 0 <= alpha <= 1:
@@ -370,7 +434,7 @@ def _check_cluster_options(
             f"`n_clusters` must be an integer in [1, n_obs={adata.n_obs}] or None, "
             f"got {n_clusters!r}."
         )
-    graph_based = resolve_method(method, n_clusters) != "kmeans"
+    graph_based = resolve_method(method, n_clusters) not in _FIXED_K_METHODS
     if not _is_int(n_neighbors) or n_neighbors < 2 or (graph_based and n_neighbors >= adata.n_obs):
         raise ValueError(
             f"`n_neighbors` must be an integer in [2, n_obs) = [2, {adata.n_obs}), "
@@ -385,7 +449,7 @@ def cluster(
     alpha_scale: Literal["exponential", "linear"] = "exponential",
     n_clusters: int | None = None,
     resolution: float = 1.0,
-    method: Literal["auto", "leiden", "louvain", "kmeans"] = "auto",
+    method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     n_neighbors: int = 40,
     random_state: int = 0,
     key_added: str = Key.obs.domains,
@@ -401,9 +465,9 @@ def cluster(
     f = 0.34, 0.64, 0.88, 0.97. ``alpha_scale="linear"`` uses ``f = alpha``. A kNN graph
     of the mix is built (:func:`scanpy.pp.neighbors`) and clustered with Leiden (igraph,
     modularity, 2 iterations, as ``sc.tl.leiden(flavor="igraph")``) or Louvain (igraph's
-    multilevel); or the mix itself is split by k-means into ``n_clusters`` domains (the
-    default when ``n_clusters`` is given; no kNN graph is built then). No UMAP is computed
-    and nothing is written to disk.
+    multilevel); or the mix itself is split into ``n_clusters`` domains by a Gaussian
+    mixture (the default when ``n_clusters`` is given) or k-means, and no kNN graph is
+    built. No UMAP is computed and nothing is written to disk.
 
     Parameters
     ----------
@@ -415,7 +479,8 @@ def cluster(
     alpha_scale
         How ``alpha`` maps to the mixing weight ``f`` (see above).
     n_clusters
-        Number of domains. k-means gives exactly this many; Leiden and Louvain search
+        Number of domains. k-means gives exactly this many, the Gaussian mixture this many
+        unless a component empties during fitting (rare); Leiden and Louvain search
         the resolution (interpolation in log space, at most 30 clusterings on the same
         graph) and keep the closest result, with a warning, if none hits it
         (``resolution`` is then the starting point).
@@ -423,11 +488,16 @@ def cluster(
         Modularity resolution of Leiden and Louvain; higher gives more clusters.
     method
         ``"leiden"``, ``"louvain"``, ``"kmeans"`` (needs ``n_clusters``; 10 restarts,
-        minibatch k-means above 100,000 cells) or ``"auto"``: k-means when ``n_clusters``
-        is given, else Leiden. The encoders smooth over the spatial graph, so cells at
-        domain borders lie between domains in the embedding: a modularity partition of
-        the kNN graph cuts there less cleanly than k-means (on the simulated flatmap,
-        alpha=0: ARI 0.81 with Leiden, 0.92 with k-means, same embeddings).
+        minibatch k-means above 100,000 cells), ``"gmm"`` (needs ``n_clusters``: a
+        Gaussian mixture with one covariance matrix shared by all domains, mclust's
+        ``"EEE"`` as used with STAGATE, fitted by EM from the k-means partition) or
+        ``"auto"``: ``"gmm"`` when ``n_clusters`` is given, else Leiden. The encoders
+        smooth over the spatial graph, so cells at domain borders lie between domains in
+        the embedding: a modularity partition of the kNN graph cuts there less cleanly
+        (simulated flatmap, alpha=0: ARI 0.81 with Leiden, 0.92 with k-means, same
+        embeddings), and the shared covariance follows the correlated, elongated domains
+        that k-means splits (osmFISH cortex over 10 seeds: ARI 0.59 with k-means, 0.62
+        with the mixture; ``benchmarks/README.md``).
     n_neighbors
         Neighbours of the kNN graph on the mix (Leiden and Louvain).
     random_state
@@ -438,7 +508,8 @@ def cluster(
         Where the kNN graph of Leiden and Louvain goes:
         ``obsp[f"{neighbors_key}_connectivities"]``, ``obsp[f"{neighbors_key}_distances"]``,
         ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
-        ``"neighbors"`` graph is kept. k-means needs no graph; for a UMAP of the mix run
+        ``"neighbors"`` graph is kept. k-means and the mixture need no graph; for a UMAP
+        of the mix run
         ``sc.pp.neighbors(adata, use_rep="X_spacon")``.
     copy
         Return a modified copy instead of writing to ``adata``.
@@ -449,8 +520,8 @@ def cluster(
     float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), for
     Leiden and Louvain the neighbour graph under ``neighbors_key``, and
     ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``, the ``method`` used,
-    final ``resolution`` (unused by k-means), ``n_clusters`` found, ``random_state``,
-    ``n_neighbors`` and ``neighbors_key`` when a graph was built, and, when
+    final ``resolution`` (unused by k-means and the mixture), ``n_clusters`` found,
+    ``random_state``, ``n_neighbors`` and ``neighbors_key`` when a graph was built, and, when
     ``n_clusters`` was given, ``n_clusters_requested``).
 
     Examples

@@ -12,7 +12,14 @@ from scanpy import logging as logg
 from .. import pp
 from .._constants import Key
 from .._utils import check_adata, rollback_on_error
-from ._cluster import _METHODS, _check_cluster_options, _is_int, cluster, resolve_method
+from ._cluster import (
+    _FIXED_K_METHODS,
+    _METHODS,
+    _check_cluster_options,
+    _is_int,
+    cluster,
+    resolve_method,
+)
 from ._embed import embed
 from ._refine import refine as refine_domains
 from ._train import train
@@ -57,7 +64,8 @@ def spacon(
     alpha
         Weight of the connectome embedding, see :func:`spacon.tl.cluster`.
     n_clusters
-        Number of domains (k-means on the mix by default, see :func:`spacon.tl.cluster`).
+        Number of domains (a Gaussian mixture on the mix by default, see
+        :func:`spacon.tl.cluster`).
         Overrides ``resolution``.
     resolution
         Leiden resolution when ``n_clusters`` is not given.
@@ -164,8 +172,8 @@ def _check_early(
         raise TypeError(f"`cluster_kwargs` has unknown options {unknown} for `sp.tl.cluster`.")
     n_neighbors = options.get("n_neighbors", defaults["n_neighbors"].default)
     method = options.get("method", defaults["method"].default)
-    graph_based = method not in _METHODS or resolve_method(method, n_clusters) != "kmeans"
-    if graph_based and _is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
+    fixed_k = method in _METHODS and resolve_method(method, n_clusters) in _FIXED_K_METHODS
+    if not fixed_k and _is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
         raise ValueError(
             f"Clustering uses `n_neighbors={n_neighbors}` neighbours but `adata` has only "
             f"{adata.n_obs} cells; pass `cluster_kwargs={{'n_neighbors': "
