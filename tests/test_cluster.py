@@ -199,6 +199,25 @@ def test_gmm_follows_a_shared_elongated_shape_that_kmeans_cuts(seed):
     assert adjusted_rand_score(adata.obs["truth"], adata.obs["gm"]) > 0.95
 
 
+@pytest.mark.parametrize("method", ["gmm", "kmeans"])
+def test_fewer_distinct_cells_than_domains_warns(method, monkeypatch):
+    from spacon.tl import _cluster
+
+    warnings = []
+    monkeypatch.setattr(_cluster.logg, "warning", lambda msg, *a, **k: warnings.append(msg))
+    points = np.array([[0, 0], [0, 0], [0, 0], [1, 1], [1, 1], [5, 5]], dtype=np.float32)
+    adata = ad.AnnData(
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(6)]),
+        obsm={Key.obsm.spatial_embedding: points, Key.obsm.connectome_embedding: points},
+    )
+    with pytest.warns(Warning):  # scikit-learn's k-means says so too
+        cluster(adata, alpha=0.0, n_clusters=4, method=method)
+    labels = adata.obs[Key.obs.domains]
+    assert labels.nunique() == adata.uns[Key.obs.domains]["params"]["n_clusters"] == 3
+    assert labels.iloc[0] == labels.iloc[2] != labels.iloc[3] == labels.iloc[4] != labels.iloc[5]
+    assert len(warnings) == 1 and "found 3 domains, not the 4" in warnings[0]
+
+
 def test_gmm_in_chunks_matches_one_block(monkeypatch):
     from spacon.tl import _cluster
 

@@ -286,6 +286,7 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
     from scipy.special import logsumexp
 
     labels = _kmeans(x, n_clusters, random_state)
+    n_clusters = int(labels.max()) + 1  # fewer when the data have fewer distinct points
     n, d = x.shape
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     sums = np.zeros((n_clusters, d))
@@ -479,8 +480,9 @@ def cluster(
     alpha_scale
         How ``alpha`` maps to the mixing weight ``f`` (see above).
     n_clusters
-        Number of domains. k-means gives exactly this many, the Gaussian mixture this many
-        unless a component empties during fitting (rare); Leiden and Louvain search
+        Number of domains. k-means and the Gaussian mixture give this many (fewer, with a
+        warning, if the mix has fewer distinct cells or a mixture component empties during
+        fitting); Leiden and Louvain search
         the resolution (interpolation in log space, at most 30 clusterings on the same
         graph) and keep the closest result, with a warning, if none hits it
         (``resolution`` is then the starting point).
@@ -564,6 +566,11 @@ def cluster(
         random_state=int(random_state),
     )
     n_found = int(labels.max()) + 1
+    if method in _FIXED_K_METHODS and n_found < n_clusters:
+        logg.warning(
+            f"{method} found {n_found} domains, not the {n_clusters} asked for: the mix has "
+            "too few distinct cells, or a mixture component emptied during fitting."
+        )
 
     adata = adata.copy() if copy else adata
     adata.obsm[Key.obsm.mixed] = mixed
