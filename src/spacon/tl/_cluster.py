@@ -15,7 +15,7 @@ from .._constants import Key
 from .._utils import check_adata
 
 _METHODS = ("auto", "leiden", "louvain", "kmeans", "gmm")
-# Methods that split the mix into exactly ``n_clusters`` groups and build no kNN graph.
+# Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
 _FIXED_K_METHODS = ("kmeans", "gmm")
 _ALPHA_SCALES = ("exponential", "linear")
 # Bounds of the resolution search used by ``n_clusters=``.
@@ -350,7 +350,7 @@ def _cluster_labels(
     """Community detection on a kNN graph of an array, or k-means; touches no AnnData.
 
     Returns ``(labels, final_resolution, connectivities, distances, neighbor_params)``;
-    k-means builds no graph (the last three are ``None``).
+    k-means and the mixture build no graph (the last three are ``None``).
     """
     method = resolve_method(method, n_clusters)
     if method in _FIXED_K_METHODS:
@@ -482,10 +482,9 @@ def cluster(
     n_clusters
         Number of domains. k-means and the Gaussian mixture give this many (fewer, with a
         warning, if the mix has fewer distinct cells or a mixture component empties during
-        fitting); Leiden and Louvain search
-        the resolution (interpolation in log space, at most 30 clusterings on the same
-        graph) and keep the closest result, with a warning, if none hits it
-        (``resolution`` is then the starting point).
+        fitting); Leiden and Louvain search the resolution (interpolation in log space,
+        at most 30 clusterings on the same graph) and keep the closest result, with a
+        warning, if none hits it (``resolution`` is then the starting point).
     resolution
         Modularity resolution of Leiden and Louvain; higher gives more clusters.
     method
@@ -511,8 +510,7 @@ def cluster(
         ``obsp[f"{neighbors_key}_connectivities"]``, ``obsp[f"{neighbors_key}_distances"]``,
         ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
         ``"neighbors"`` graph is kept. k-means and the mixture need no graph; for a UMAP
-        of the mix run
-        ``sc.pp.neighbors(adata, use_rep="X_spacon")``.
+        of the mix run ``sc.pp.neighbors(adata, use_rep="X_spacon")``.
     copy
         Return a modified copy instead of writing to ``adata``.
 
