@@ -180,18 +180,17 @@ def embed_stagate(adata, seed: int):
 
     import anndata as ad
 
+    X = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X,
+                   dtype=np.float32)
     digest = hashlib.sha1()
-    for part in (np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X),
-                 np.asarray(adata.obsm["spatial"]), np.int64(seed)):
+    for part in (X, np.asarray(adata.obsm["spatial"]), np.int64(seed)):
         digest.update(np.ascontiguousarray(part).tobytes())
     kept = STAGATE_DIR / "runs" / f"{digest.hexdigest()[:12]}.npz"
     if kept.exists():
         with np.load(kept) as run:
             return run["z"], run["z"], float(run["seconds"])
     stagate = _stagate_import()
-    work = ad.AnnData(X=np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray")
-                                   else adata.X, dtype=np.float32),
-                      obs=adata.obs[[]].copy())
+    work = ad.AnnData(X=X, obs=adata.obs[[]].copy())
     work.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     start = time.perf_counter()
     stagate.Cal_Spatial_Net(work, k_cutoff=6, model="KNN", verbose=False)

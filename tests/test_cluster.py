@@ -221,10 +221,9 @@ def test_fewer_distinct_cells_than_domains_warns(method, monkeypatch):
 def test_gmm_in_chunks_matches_one_block(monkeypatch):
     from spacon.tl import _cluster
 
+    sheared = _sheared(1)
     x = _cluster.mix_embeddings(
-        _sheared(1).obsm[Key.obsm.spatial_embedding],
-        _sheared(1).obsm[Key.obsm.connectome_embedding],
-        0.3,
+        sheared.obsm[Key.obsm.spatial_embedding], sheared.obsm[Key.obsm.connectome_embedding], 0.3
     )
     whole = _cluster._gmm(x, 3, 0)
     monkeypatch.setattr(_cluster, "_GMM_CHUNK", 37)

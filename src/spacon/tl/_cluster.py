@@ -329,6 +329,11 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
     return _renumber(labels)
 
 
+def builds_graph(method: str, n_clusters: int | None) -> bool:
+    """Whether ``method`` clusters a kNN graph of the mix (Leiden, Louvain, unknown names)."""
+    return resolve_method(method, n_clusters) not in _FIXED_K_METHODS
+
+
 def resolve_method(method: str, n_clusters: int | None) -> str:
     """``"auto"`` is a Gaussian mixture when the number of clusters is given, else Leiden."""
     if method == "auto":
@@ -435,7 +440,7 @@ def _check_cluster_options(
             f"`n_clusters` must be an integer in [1, n_obs={adata.n_obs}] or None, "
             f"got {n_clusters!r}."
         )
-    graph_based = resolve_method(method, n_clusters) not in _FIXED_K_METHODS
+    graph_based = builds_graph(method, n_clusters)
     if not _is_int(n_neighbors) or n_neighbors < 2 or (graph_based and n_neighbors >= adata.n_obs):
         raise ValueError(
             f"`n_neighbors` must be an integer in [2, n_obs) = [2, {adata.n_obs}), "
