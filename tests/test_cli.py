@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 
 import anndata as ad
 import numpy as np
 import pytest
+import scanpy as sc
 
 import spacon as sp
 from spacon import Key
-from spacon.cli import main
+from spacon.cli import build_parser, main
 
 
 def test_demo_writes_result_and_figures(tmp_path, capsys):
@@ -79,3 +82,72 @@ def test_console_entry_point_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.fixture
+def scanpy_log():
+    """Scanpy's log output (the CLI logs through scanpy, which keeps its own stream)."""
+    verbosity, previous = sc.settings.verbosity, sc.settings.logfile
+    sc.settings.logfile = io.StringIO()
+    yield sc.settings.logfile
+    sc.settings.verbosity, sc.settings.logfile = verbosity, previous
+
+
+def test_run_on_signed_fc_without_threshold(user_files, tmp_path, scanpy_log):
+    data, fc_path = user_files
+    assert (np.load(fc_path) < 0).any()  # a correlation matrix, as users have it
+    out = tmp_path / "out"
+    code = main([
+        "run", str(data), "--connectivity", str(fc_path), "--n-clusters", "4", "--epochs", "2",
+        "--out", str(out),
+    ])
+    assert code == 0
+    assert "negative weights of `fc` (cell pairs" in scanpy_log.getvalue()
+    result = ad.read_h5ad(out / "cells_spacon.h5ad")
+    assert (result.obsp[Key.obsp.connectome_connectivities].data > 0).all()
+    assert "threshold" not in result.uns[Key.uns.connectome_neighbors]["params"]
+
+
+def test_train_on_signed_fc_without_threshold(user_files, tmp_path, scanpy_log):
+    data, fc_path = user_files
+    out = tmp_path / "out"
+    code = main([
+        "train", str(data), "--connectivity", str(fc_path), "--top-k", "20", "--epochs", "2",
+        "--hidden-dims", "32", "16", "8", "--device", "cpu", "--out", str(out),
+    ])
+    assert code == 0
+    assert "negative weights of `fc` (cell pairs" in scanpy_log.getvalue()
+    result = ad.read_h5ad(out / "cells_spacon.h5ad")
+    graph = result.obsp[Key.obsp.connectome_connectivities]
+    assert (graph.data > 0).all() and np.diff(graph.indptr).max() == 20
+    assert result.uns[Key.uns.connectome_neighbors]["params"]["top_k"] == 20
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+@pytest.mark.parametrize("text, expected", [("100", 100), ("1", 1), ("0.1", 0.1), (".5", 0.5)])
+def test_top_k_integer_is_a_count_decimal_a_fraction(command, text, expected):
+    args = build_parser().parse_args([command, "d.h5ad", "--out", "o", "--top-k", text])
+    assert args.top_k == expected and type(args.top_k) is type(expected)
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("1.0", r"--top-k: `--top-k` as a float .*got 1\.0 \(ambiguous.*`--top-k 1`.*<n_obs>"),
+        ("2.5", r"--top-k: .*got 2\.5 \(ambiguous.*`--top-k 2`"),
+        ("1e3", r"--top-k: .*got 1000\.0 \(ambiguous.*`--top-k 1000`"),
+        ("0.0", r"--top-k: .*must lie in \(0, 1\), got 0\.0\."),
+        ("0", r"--top-k: must be a positive number of edges per cell"),
+        ("-3", r"--top-k: must be a positive number of edges per cell"),
+        ("many", r"--top-k: must be an integer number of edges per cell .*got 'many'"),
+    ],
+)
+def test_top_k_refused_with_the_rule(command, text, match, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "d.h5ad", "--out", "o", f"--top-k={text}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"spacon {command}: error: argument --top-k")
+    assert re.search(match, err), err
+

@@ -53,7 +53,7 @@ def brute_force(
         diff = coords[:, None, :] - coords[None, :, :]
         w = w * np.exp(decay * np.sqrt((diff**2).sum(-1)))
     w = w.astype(np.float32)
-    valid = w != 0 if threshold is None else w > threshold
+    valid = w > (0 if threshold is None else threshold)  # negative weights are never edges
     if top_k is not None:
         k = top_k if isinstance(top_k, int) else max(1, int(top_k * n))
         for i in range(n):
@@ -262,7 +262,7 @@ def test_threshold_is_exact_at_float32_precision(sparse):
     assert graph_of(adata).nnz == 6
 
 
-@pytest.mark.parametrize("top_k", [1, 5, 39, 100, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("top_k", [1, 5, 39, 40, 100, 0.1, 0.5, 0.99])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_top_k(top_k, sparse):
     adata = make_adata()
@@ -281,6 +281,23 @@ def test_top_k(top_k, sparse):
             assert graph[i, kept].min() >= full[i, dropped].max()
     np.testing.assert_array_equal(graph, brute_force(fc, threshold=0.1, top_k=top_k))
     assert adata.uns[UNS]["params"]["top_k"] == k
+
+
+@pytest.mark.parametrize("top_k", [np.int64(5), np.int32(5), np.uint8(5)])
+def test_top_k_numpy_integer_is_a_count(top_k):
+    adata = make_adata()
+    fc = make_fc()
+    spacon.pp.connectivity(adata, fc, top_k=top_k, threshold=0.1)
+    np.testing.assert_array_equal(graph_of(adata).toarray(), brute_force(fc, threshold=0.1, top_k=5))
+    assert adata.uns[UNS]["params"]["top_k"] == 5
+
+
+def test_top_k_fraction_of_n_obs():
+    adata = make_adata()
+    spacon.pp.connectivity(adata, make_fc(), top_k=np.float32(0.25))
+    assert adata.uns[UNS]["params"]["top_k"] == 10  # int(0.25 * 40)
+    spacon.pp.connectivity(adata, make_fc(), top_k=0.001)
+    assert adata.uns[UNS]["params"]["top_k"] == 1  # at least one edge
 
 
 @pytest.mark.parametrize("threshold", [0.9, 0.95])
@@ -398,6 +415,111 @@ def test_works_next_to_a_squidpy_spatial_graph():
     spacon.pp.connectivity(adata, make_fc(), decay=0.006, threshold=0.3, top_k=5)
     assert (adata.obsp[Key.obsp.spatial_connectivities] != spatial).nnz == 0
     assert graph_of(adata).nnz == 5 * N
+
+
+# --------------------------------------------------------------------------- signed input
+
+
+@pytest.fixture
+def info_log():
+    """Scanpy's log at info verbosity, as a StringIO."""
+    previous = sc.settings.verbosity, sc.settings.logfile
+    sc.settings.verbosity = "info"
+    sc.settings.logfile = io.StringIO()
+    yield sc.settings.logfile
+    sc.settings.verbosity, sc.settings.logfile = previous
+
+
+def _dropped_lines(log: io.StringIO) -> list[str]:
+    return [line.strip() for line in log.getvalue().splitlines() if "negative weights" in line]
+
+
+def signed_fc(n: int = 60, seed: int = 2) -> np.ndarray:
+    """Correlation-like: about half of the entries negative, a negative diagonal (ignored)."""
+    fc = make_fc(n, seed=seed, zeros=0.1) * 2 - 1
+    np.fill_diagonal(fc, -1.0)
+    return fc
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense", "memmap", "npy_path", "csr", "coo", "dataframe_shuffled", "csv_path"]
+)
+@pytest.mark.parametrize("block_size", [None, 7])
+def test_negative_weights_are_dropped_by_default(kind, block_size, info_log, tmp_path):
+    n = 60
+    adata = make_adata(n=n)
+    fc = signed_fc(n)
+    off_diagonal = ~np.eye(n, dtype=bool)
+    n_negative = int((fc[off_diagonal] < 0).sum())
+    assert n_negative >= 1000  # the count is printed with a thousands separator
+    spacon.pp.connectivity(adata, _as_input(kind, fc, adata, tmp_path), block_size=block_size)
+    graph = graph_of(adata)
+    assert (graph.data > 0).all()
+    np.testing.assert_array_equal(graph.toarray(), brute_force(fc))
+    assert "threshold" not in adata.uns[UNS]["params"]
+    line = (
+        f"dropped {n_negative:,} negative weights of `fc` (cell pairs; anti-correlations "
+        "are never edges)"
+    )
+    assert _dropped_lines(info_log) == [line]  # one line per call, however many blocks
+    explicit = spacon.pp.connectivity(adata, fc, threshold=0, copy=True)
+    assert (graph_of(explicit) != graph).nnz == 0  # the same graph as `threshold=0`
+    assert len(_dropped_lines(info_log)) == 1  # an explicit threshold drops them silently
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_negative_weights_with_decay_and_top_k(sparse, info_log):
+    n = 60
+    adata = make_adata(n=n)
+    fc = signed_fc(n)
+    inp = sp_sparse.csr_matrix(fc) if sparse else fc
+    spacon.pp.connectivity(adata, inp, decay=0.05, top_k=5, block_size=9)
+    expected = brute_force(fc, adata.obsm["spatial"], decay=0.05, top_k=5)
+    np.testing.assert_allclose(graph_of(adata).toarray(), expected, rtol=1e-6)
+    assert (np.diff(graph_of(adata).indptr) == 5).all()  # negatives never take a top-k slot
+    assert len(_dropped_lines(info_log)) == 1
+
+
+def test_negative_weights_dropped_from_a_sparse_matrix_with_a_stored_diagonal(info_log):
+    adata = make_adata(n=4)
+    coo = sp_sparse.coo_matrix(
+        ([-1.0, 0.5, -0.25, -0.75, 0.5], ([0, 0, 1, 2, 3], [0, 1, 2, 2, 0])), shape=(4, 4)
+    )  # (0, 0) and (2, 2) are on the diagonal: not counted
+    spacon.pp.connectivity(adata, coo)
+    graph = graph_of(adata)
+    assert graph.nnz == 2 and graph[0, 1] == 0.5 and graph[3, 0] == 0.5
+    assert _dropped_lines(info_log) == [
+        "dropped 1 negative weights of `fc` (cell pairs; anti-correlations are never edges)"
+    ]
+
+
+def test_negative_weights_are_not_logged_when_there_are_none(info_log):
+    spacon.pp.connectivity(make_adata(), make_fc())
+    assert _dropped_lines(info_log) == []
+
+
+@pytest.mark.parametrize("kind", ["frame", "array", "sparse"])
+def test_negative_region_weights_are_dropped_by_default(kind, info_log):
+    adata = make_region_adata()
+    signed = REGION_FC.copy()
+    signed.loc["A", "C"] = -0.7  # negative: A now reaches B and itself only
+    signed.loc["B", "B"] = -0.2  # the region diagonal is within-region connectivity
+    signed.loc["D", "A"] = -1.0
+    inp = {
+        "frame": signed,
+        "array": signed.to_numpy(),
+        "sparse": sp_sparse.csr_matrix(signed.to_numpy()),
+    }[kind]
+    spacon.pp.connectivity(adata, inp, regions_key="region", top_k=10)
+    _check_region_graph(adata, REGION_FC.clip(lower=0), 10)  # only positive pairs are edges
+    graph = graph_of(adata).tocoo()
+    region = adata.obs["region"].to_numpy()
+    assert not ((region[graph.row] == "A") & (region[graph.col] == "C")).any()
+    assert not ((region[graph.row] == "B") & (region[graph.col] == "B")).any()
+    assert (np.diff(graph_of(adata).indptr)[region == "D"] == 0).all()
+    assert _dropped_lines(info_log) == [
+        "dropped 3 negative weights of `fc` (region pairs; anti-correlations are never edges)"
+    ]
 
 
 # --------------------------------------------------------------------------- region level
@@ -589,14 +711,15 @@ def test_error_non_numeric(built):
     _raises(built, TypeError, "must hold numbers", np.full((N, N), "a"))
 
 
-def test_error_negative_weights(built):
-    fc = make_fc() - 0.5
-    _raises(built, ValueError, r"negative weights .*threshold=0", fc)
-    _raises(built, ValueError, r"negative weights .*threshold=0", sp_sparse.csr_matrix(fc))
-    _raises(built, ValueError, r"negative weights .*threshold=0", fc, decay=0.1)
-    region = REGION_FC - 0.1
-    _raises(built, ValueError, r"negative weights .*threshold=0", region, regions_key="region")
+def test_error_negative_threshold(built):
     _raises(built, ValueError, r"`threshold` must be >= 0", make_fc(), threshold=-0.1)
+
+
+def test_error_only_negative_weights(built):
+    _raises(built, ValueError, r"no edges .*positive weights", -make_fc())
+    _raises(built, ValueError, r"no edges .*positive weights", sp_sparse.csr_matrix(-make_fc()))
+    match = r"no edges .*positive weights"
+    _raises(built, ValueError, match, -REGION_FC, regions_key="region")
 
 
 def test_error_dataframe_labels(built):
@@ -627,10 +750,16 @@ def test_error_regions(built):
     [
         (0, ValueError, "positive number"),
         (-3, ValueError, "positive number"),
-        (1.5, ValueError, r"in \(0, 1\]"),
-        (0.0, ValueError, r"in \(0, 1\]"),
+        (1.0, ValueError, r"in \(0, 1\), got 1\.0 \(ambiguous.*`top_k=1`.*`top_k=40` \(n_obs\)"),
+        (np.float64(1.0), ValueError, r"got 1\.0 \(ambiguous.*`top_k=40` \(n_obs\)"),
+        (1.5, ValueError, r"in \(0, 1\), got 1\.5 .*`top_k=1`"),
+        (100.0, ValueError, r"`top_k=100`, or `top_k=40`"),
+        (0.0, ValueError, r"in \(0, 1\), got 0\.0\. Pass an integer"),
+        (-0.5, ValueError, r"in \(0, 1\)"),
+        (float("nan"), ValueError, r"in \(0, 1\), got nan"),
         (True, TypeError, "`top_k` must be"),
         ("10", TypeError, "`top_k` must be"),
+        (np.bool_(True), TypeError, "`top_k` must be"),
     ],
 )
 def test_error_top_k(built, top_k, exc, match):
@@ -688,7 +817,7 @@ def problems(draw):
     if draw(st.booleans()):
         fc = np.round(fc, 1)  # ties
     threshold = draw(st.none() | st.floats(0, 1.5))
-    top_k = draw(st.none() | st.integers(1, n + 2) | st.floats(0.01, 1.0))
+    top_k = draw(st.none() | st.integers(1, n + 2) | st.floats(0.01, 1.0, exclude_max=True))
     options = dict(
         threshold=threshold,
         top_k=top_k,
@@ -709,11 +838,9 @@ def test_properties(problem):
     before = snapshot(adata)
     try:
         spacon.pp.connectivity(adata, inp, **options)
-    except ValueError as err:  # only the documented failures
-        assert "negative weights" in str(err) or "no edges" in str(err), err
+    except ValueError as err:  # only the documented failure: no weight above the floor
+        assert "no edges" in str(err), err
         assert snapshot(adata) == before
-        negative = (np.where(np.eye(n, dtype=bool), 0, fc) < 0).any()
-        assert (negative and options["threshold"] is None) or "no edges" in str(err)
         return
     graph = graph_of(adata)
     dense = graph.toarray()

@@ -21,6 +21,43 @@ def _error_message(error: BaseException) -> str:
     return str(error)
 
 
+def _top_k(text: str) -> int | float:
+    """Parse ``--top-k`` with the meaning of ``top_k`` in :func:`spacon.pp.connectivity`.
+
+    An integer ("100") is a number of edges per cell, a decimal in (0, 1) ("0.1") a fraction
+    of the cells; "1.0" and any other decimal >= 1 are refused as ambiguous.
+    """
+    from .pp._connectivity import top_k_fraction_error
+
+    try:
+        count = int(text)
+    except ValueError:
+        pass
+    else:
+        if count <= 0:
+            raise argparse.ArgumentTypeError(
+                f"must be a positive number of edges per cell or a fraction in (0, 1), got {text!r}"
+            )
+        return count
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "must be an integer number of edges per cell (e.g. 100) or a fraction in (0, 1) "
+            f"(e.g. 0.1), got {text!r}"
+        ) from None
+    if not 0 < fraction < 1:
+        raise argparse.ArgumentTypeError(top_k_fraction_error(fraction, option="--top-k"))
+    return fraction
+
+
+_TOP_K_HELP = (
+    "edges kept per cell: an integer is a count (100), a decimal in (0, 1) a fraction of the "
+    "cells (0.1); as `top_k` of spacon.pp.connectivity"
+)
+_THRESHOLD_HELP = "keep weights above this (default: every positive weight; negatives are dropped)"
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--alpha", type=float, default=1.0, help="0 = spatial, 1 = connectome")
@@ -57,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
     run.add_argument("--section-key", default=None, help="obs column of sections (3-D data)")
     run.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
-    run.add_argument("--threshold", type=float, default=None, help="keep weights above this")
-    run.add_argument("--top-k", type=float, default=None, help="edges kept per cell (or fraction)")
+    run.add_argument("--threshold", type=float, default=None, help=_THRESHOLD_HELP)
+    run.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
     _add_common(run)
 
     train = commands.add_parser(
@@ -81,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
     train.add_argument("--section-key", default=None, help="obs column of sections (3-D data)")
     train.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
-    train.add_argument("--threshold", type=float, default=None, help="keep weights above this")
-    train.add_argument("--top-k", type=float, default=None, help="edges kept per cell (or fraction)")
+    train.add_argument("--threshold", type=float, default=None, help=_THRESHOLD_HELP)
+    train.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
     train.add_argument("--out", required=True, type=Path, help="output directory")
     train.add_argument("--epochs", type=int, default=None, help="training epochs")
     train.add_argument("--batch-size", type=int, default=None, help="seed cells per minibatch")
@@ -197,8 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         connectivity_kwargs["threshold"] = args.threshold
     if args.top_k is not None:
-        top_k = args.top_k
-        connectivity_kwargs["top_k"] = int(top_k) if top_k >= 1 else top_k
+        connectivity_kwargs["top_k"] = args.top_k
     if args.regions_key is not None:
         connectivity_kwargs["regions_key"] = args.regions_key
     tl.spacon(
@@ -259,7 +295,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.threshold is not None:
             options["threshold"] = args.threshold
         if args.top_k is not None:
-            options["top_k"] = int(args.top_k) if args.top_k >= 1 else args.top_k
+            options["top_k"] = args.top_k
         if args.regions_key is not None:
             options["regions_key"] = args.regions_key
         pp.connectivity(adata, str(args.connectivity), **options)

@@ -69,10 +69,11 @@ def connectivity(
        edges (its tutorial 3 uses ``decay=0.006`` per coordinate unit) so that the graph is
        not dominated by the trivially strong correlation between neighbouring cells; a
        negative decay damps them. Coordinates are only read when ``decay != 0``.
-    2. **Threshold**: keep ``w_ij > threshold``. Without a threshold every non-zero entry is
-       kept, and negative weights (anti-correlations) are an error: pass ``threshold=0`` to
-       drop them. Weights must end up positive.
-    3. **Top-k**: keep the ``top_k`` largest weights of each row.
+    2. **Threshold**: keep ``w_ij > threshold``. Without a threshold every positive weight is
+       kept and the negative ones (the anti-correlations of a functional connectivity) are
+       dropped, with one log line saying how many: a correlation matrix works as it is.
+       Negative weights are never edges.
+    3. **Top-k**: keep the ``top_k`` largest weights of each row (see ``top_k`` below).
     4. **Symmetrize** (``max(W, W.T)``) and add self-loops if asked.
 
     The diagonal of ``fc`` is ignored (it never takes a top-k slot).
@@ -103,16 +104,26 @@ def connectivity(
         ``top_k`` edges. When a region's candidate cells number at most ``top_k``, its cells
         are connected to all of them. Cells with a missing region get no edges. ``decay``
         and ``threshold`` then apply to the sampled edges (pairs that can never pass the
-        threshold are not drawn). No ``n_obs x n_obs`` matrix is ever built.
+        threshold are not drawn; negative region weights are dropped as in step 2). No
+        ``n_obs x n_obs`` matrix is ever built.
     decay
         Distance weighting rate per coordinate unit (step 1); ``0`` disables it.
     spatial_key
         Key of ``adata.obsm`` with the coordinates used when ``decay != 0``.
     threshold
         Keep only weights strictly above this value (``>= 0``), after distance weighting.
+        ``None`` keeps every positive weight and drops the negative ones with a log line.
     top_k
-        Maximum number of edges kept per cell: an ``int``, or a ``float`` in ``(0, 1]`` for a
-        fraction of ``n_obs`` (``int(top_k * n_obs)``, as ``per`` in the published method).
+        Maximum number of edges kept per cell. This is the one meaning of ``top_k`` in
+        spacon (the ``--top-k`` of the command line and the ``connectivity_kwargs`` of
+        :func:`spacon.tl.spacon` follow it):
+
+        - an ``int`` (Python or numpy integer) is a number of edges per cell, e.g. ``100``;
+        - a ``float`` in ``(0, 1)`` is a fraction of ``n_obs``: ``max(1, int(top_k * n_obs))``
+          edges, as ``per`` in the published method, e.g. ``0.1``;
+        - a ``float >= 1`` such as ``1.0`` is refused as ambiguous (all cells, or one
+          edge?): pass ``top_k=<n_obs>`` for up to every cell, or an ``int`` count.
+
         ``None`` keeps all edges for cell-level input and uses 100 with ``regions_key``,
         where it is the sampling budget per cell. When the kept edges outgrow the memory
         budget (``$SPACON_MAX_MEMORY``, default 80% of the available memory) the call stops
@@ -148,6 +159,10 @@ def connectivity(
     ... )
     >>> adata.obsp["connectome_connectivities"]  # doctest: +SKIP
 
+    A correlation matrix as it is: its negative entries are dropped, with a log line.
+
+    >>> spacon.pp.connectivity(adata, "functional_connectivity", top_k=100)
+
     Region-level connectivity (e.g. Allen tracer data) for a million cells:
 
     >>> spacon.pp.connectivity(adata, region_df, regions_key="region", top_k=100)  # doctest: +SKIP
@@ -176,13 +191,20 @@ def connectivity(
 
     start = logg.info(f"computing connectome graph from {label}")
     blocks = _collect(source.blocks(opts, coords), label)
+    if opts.threshold is None and source.n_negative:
+        unit = "region pairs" if regions_key is not None else "cell pairs"
+        logg.info(
+            f"    dropped {source.n_negative:,} negative weights of `fc` ({unit}; "
+            "anti-correlations are never edges)"
+        )
     graph = _assemble(blocks, n_obs)
     del blocks
     if graph.nnz == 0:
         hint = (
             "Lower `threshold`"
             if opts.threshold is not None
-            else "Check that `fc` has non-zero weights between different cells"
+            else "Check that `fc` has positive weights between different cells (negative "
+            "ones are never edges)"
         )
         raise ValueError(
             f"The connectome graph from {label} has no edges "
@@ -277,17 +299,14 @@ def _check_options(
     if top_k is None:
         k = _DEFAULT_REGION_TOP_K if regions_key is not None else None
     elif isinstance(top_k, bool) or not _is_real(top_k):
-        raise TypeError(f"`top_k` must be an int, a float in (0, 1] or None, got {top_k!r}.")
+        raise TypeError(f"`top_k` must be an int, a float in (0, 1) or None, got {top_k!r}.")
     elif isinstance(top_k, (int, np.integer)):
         if top_k <= 0:
             raise ValueError(f"`top_k` must be a positive number of edges per cell, got {top_k}.")
         k = int(top_k)
     else:
-        if not 0 < top_k <= 1:
-            raise ValueError(
-                f"`top_k` as a float is a fraction of n_obs and must lie in (0, 1], got {top_k}. "
-                "Pass an int for a number of edges per cell."
-            )
+        if not 0 < top_k < 1:
+            raise ValueError(top_k_fraction_error(top_k, n_obs=n_obs))
         k = max(1, int(top_k * n_obs))
     if isinstance(self_loops, (bool, np.bool_)):
         self_loop_weight = 1.0 if self_loops else 0.0
@@ -316,6 +335,30 @@ def _check_options(
         self_loop_weight=self_loop_weight,
         random_state=int(random_state),
         block_size=None if block_size is None else int(block_size),
+    )
+
+
+def top_k_fraction_error(value: float, *, option: str = "top_k", n_obs: int | None = None) -> str:
+    """The message refusing a float ``top_k`` outside ``(0, 1)``; ``option`` names the option.
+
+    Shared by :func:`connectivity` and the ``--top-k`` of the command line, so that both
+    state the rule of the ``top_k`` docstring in the same words.
+    """
+    cli = option.startswith("--")
+
+    def spell(count: object) -> str:
+        return f"`{option} {count}`" if cli else f"`{option}={count}`"
+
+    got = f"got {float(value)!r}"
+    if np.isfinite(value) and value >= 1:
+        got += " (ambiguous: every cell, or a number of edges?)"
+    example = int(value) if np.isfinite(value) and value >= 1 else 100
+    every = spell(n_obs if n_obs is not None else "<n_obs>")
+    every += " (n_obs)" if n_obs is not None else " (the number of cells)"
+    return (
+        f"`{option}` as a float is a fraction of the cells and must lie in (0, 1), {got}. "
+        f"Pass an integer number of edges per cell, e.g. {spell(example)}, or {every} to "
+        "keep up to every cell."
     )
 
 
@@ -404,6 +447,9 @@ def _positions(
 
 
 class _Source:
+    #: Negative entries of ``fc`` met so far (the diagonal of a cell-level matrix excluded).
+    n_negative: int = 0
+
     def blocks(self, opts: _Options, coords: np.ndarray | None) -> Iterator[tuple]:
         raise NotImplementedError
 
@@ -443,9 +489,11 @@ class _DenseSource(_Source):
                 )
             local = np.arange(stop - start)
             block[local, start + local] = 0  # the diagonal is never an edge candidate
+            if opts.threshold is None:  # counted for the log; a threshold drops them silently
+                self.n_negative += int(np.count_nonzero(block < 0))
             if opts.decay != 0:
                 _dense_decay(block, columns, start, opts.decay, buffers)
-            yield _dense_select(block, start, opts, self.label)
+            yield _dense_select(block, start, opts)
 
 
 class _SparseSource(_Source):
@@ -469,7 +517,12 @@ class _SparseSource(_Source):
             rows = np.arange(start, stop)
             counts = np.diff(indptr[start : stop + 1])
             vals = np.array(csr.data[lo:hi], dtype=np.float32)
-            yield _select(rows, counts, csr.indices[lo:hi], vals, opts, coords, self.label)
+            negative = np.flatnonzero(vals < 0) if opts.threshold is None else []
+            if len(negative):  # counted for the log: stored entries off the diagonal
+                owner = np.searchsorted(indptr[start : stop + 1], lo + negative, side="right")
+                on_diagonal = csr.indices[lo + negative] == start + owner - 1
+                self.n_negative += len(negative) - int(np.count_nonzero(on_diagonal))
+            yield _select(rows, counts, csr.indices[lo:hi], vals, opts, coords)
 
 
 def _cell_source(adata: AnnData, raw: object, label: str) -> _Source:
@@ -517,6 +570,7 @@ class _RegionSource(_Source):
 
     def __init__(self, weights: np.ndarray, codes: np.ndarray, names: list[str], label: str):
         self.weights, self.codes, self.names, self.label = weights, codes, names, label
+        self.n_negative = int(np.count_nonzero(weights < 0))  # of the regions with cells
 
     def blocks(self, opts, coords):
         codes, weights = self.codes, self.weights
@@ -544,7 +598,7 @@ class _RegionSource(_Source):
                 for lo in range(0, len(sources), chunk):
                     src = sources[lo : lo + chunk]
                     cols = np.broadcast_to(pool, (len(src), len(pool)))
-                    yield _select(*self._block(src, cols, region_w), opts, coords, self.label)
+                    yield _select(*self._block(src, cols, region_w), opts, coords)
                 continue
             mass = region_w[targets] * sizes[targets]
             prob = mass / mass.sum()
@@ -555,7 +609,7 @@ class _RegionSource(_Source):
                 offset = (rng.random((len(src), k)) * sizes[picked]).astype(np.int64)
                 cols = order[starts[picked] + np.minimum(offset, sizes[picked] - 1)]
                 cols.sort(axis=1)
-                yield _select(*self._block(src, cols, region_w), opts, coords, self.label)
+                yield _select(*self._block(src, cols, region_w), opts, coords)
 
     def _block(self, src: np.ndarray, cols: np.ndarray, region_w: np.ndarray) -> tuple:
         keep = cols != src[:, None]
@@ -609,13 +663,6 @@ def _region_source(
         raise ValueError(
             f"Region connectivity `fc` ({label}) contains {int(bad.sum())} NaN or infinite values "
             f"(e.g. {names[r]!r} -> {names[s]!r}). Replace them, e.g. with 0."
-        )
-    if opts.threshold is None and (region_w < 0).any():
-        r, s = np.argwhere(region_w < 0)[0]
-        raise ValueError(
-            f"Region connectivity `fc` ({label}) has {int((region_w < 0).sum())} negative weights "
-            f"(e.g. {names[r]!r} -> {names[s]!r}); connectome weights must be positive. "
-            "Pass `threshold=0` to drop them."
         )
     return _RegionSource(region_w, codes, names, label)
 
@@ -683,36 +730,31 @@ def _pair_decay(
         return np.multiply(vals, dist, dtype=np.float32, casting="same_kind")
 
 
-def _check_weights(vals: np.ndarray, opts: _Options, label: str, where: str) -> None:
+def _check_weights(vals: np.ndarray, opts: _Options, where: str) -> None:
     if opts.decay != 0 and not np.isfinite(vals).all():
         raise ValueError(
             f"`decay={opts.decay}` times the cell distances overflows the weights ({where}). "
             "Use a smaller decay or rescale the coordinates."
         )
-    if opts.threshold is None and (vals < 0).any():
-        raise ValueError(
-            f"`fc` ({label}) has {int((vals < 0).sum())} negative weights ({where}); connectome "
-            "weights must be positive. Pass `threshold=0` to drop negative correlations."
-        )
 
 
-def _dense_select(block: np.ndarray, start: int, opts: _Options, label: str) -> tuple:
+def _floor(opts: _Options) -> np.float32:
+    """Weights strictly above this float32 are edges: ``threshold``, or 0 without one."""
+    return np.float32(0) if opts.threshold is None else _float32_below(opts.threshold)
+
+
+def _dense_select(block: np.ndarray, start: int, opts: _Options) -> tuple:
     """Threshold and rank a dense block of weights (decay applied, diagonal zero)."""
     where = f"rows {start}-{start + len(block) - 1}"
     if opts.decay != 0 and not np.isfinite(block).all():
-        _check_weights(block[~np.isfinite(block)], opts, label, where)
-    if opts.threshold is None:
-        if (block < 0).any():
-            _check_weights(block[block < 0], opts, label, where)
-        valid = block != 0
-    else:
-        valid = block > _float32_below(opts.threshold)
+        _check_weights(block[~np.isfinite(block)], opts, where)
+    valid = block > _floor(opts)  # zero and negative entries are never edges
     counts = valid.sum(axis=1)
     rows = np.arange(start, start + len(block))
     k = opts.k
     dense_enough = counts.sum() > _SPARSE_RANK_FRACTION * block.size
     if k is not None and counts.max(initial=0) > k and dense_enough:
-        # Every invalid entry (zero, or <= threshold) is below every valid one, so the k
+        # Every invalid entry (<= 0, or <= threshold) is below every valid one, so the k
         # largest of a row are its k strongest edges plus, in short rows, invalid entries.
         n = block.shape[1]
         cols = np.argpartition(block, n - k, axis=1)[:, n - k :]
@@ -728,7 +770,7 @@ def _dense_select(block: np.ndarray, start: int, opts: _Options, label: str) -> 
     return rows, counts, cols.astype(_index_dtype(opts.n_obs), copy=False), vals
 
 
-def _select(rows, counts, cols, vals, opts: _Options, coords, label: str) -> tuple:
+def _select(rows, counts, cols, vals, opts: _Options, coords) -> tuple:
     """Apply decay, threshold and top-k to a block of candidate entries grouped by row."""
     counts = np.asarray(counts, dtype=np.int64)
     if len(vals) == 0:
@@ -738,12 +780,8 @@ def _select(rows, counts, cols, vals, opts: _Options, coords, label: str) -> tup
     mask = (vals != 0) & (edge_rows != cols)
     if opts.decay != 0:  # ``vals`` is always a fresh array owned by this function
         vals[mask] = _pair_decay(vals[mask], coords, edge_rows[mask], cols[mask], opts.decay)
-    if opts.threshold is None:
-        mask &= vals != 0
-    else:
-        mask &= vals > _float32_below(opts.threshold)
-    where = f"rows {rows.min()}-{rows.max()}"
-    _check_weights(vals[mask], opts, label, where)
+        _check_weights(vals[mask], opts, f"rows {rows.min()}-{rows.max()}")
+    mask &= vals > _floor(opts)  # zero and negative entries are never edges
     owner, cols, vals = owner[mask], cols[mask], vals[mask]
     counts = np.bincount(owner, minlength=len(rows))
     if opts.k is not None:

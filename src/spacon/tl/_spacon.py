@@ -53,7 +53,9 @@ def spacon(
         Cells or spots with log-normalised expression and coordinates in
         ``obsm[spatial_key]``.
     fc
-        Connectivity, anything :func:`spacon.pp.connectivity` accepts, or ``None``.
+        Connectivity, anything :func:`spacon.pp.connectivity` accepts, or ``None``. A
+        correlation matrix works as it is: its negative entries are dropped (never edges),
+        with a log line.
     alpha
         Weight of the connectome embedding, see :func:`spacon.tl.cluster`.
     n_clusters
@@ -70,8 +72,9 @@ def spacon(
         ``obs`` column of sections for multi-section data.
     spatial_graph_kwargs, connectivity_kwargs, train_kwargs, cluster_kwargs
         Extra options for :func:`spacon.pp.spatial_graph`, :func:`spacon.pp.connectivity`,
-        :func:`spacon.tl.train` and :func:`spacon.tl.cluster` (e.g. ``n_neighbors``; not
-        the options this function sets itself).
+        :func:`spacon.tl.train` and :func:`spacon.tl.cluster` (e.g. ``n_neighbors``, or
+        ``top_k`` as defined in :func:`spacon.pp.connectivity`; not the options this
+        function sets itself).
     random_state
         Seed for training and clustering.
     key_added
