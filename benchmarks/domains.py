@@ -1,41 +1,44 @@
-"""Domain quality: ARI/NMI of spacon's domains against ground truth, beside reference, STAGATE.
+"""Domain quality on every development set: spacon beside BANKSY and simple baselines.
 
-Usage (heavy: run under the benchmark lock)::
+Usage (heavy: run alone, one benchmark at a time)::
 
-    flock /tmp/spacon-bench.lock env OMP_NUM_THREADS=2 python benchmarks/domains.py --quick
-    flock /tmp/spacon-bench.lock env OMP_NUM_THREADS=2 python benchmarks/domains.py \\
-        [--reference] [--stagate] [--variants]
+    OMP_NUM_THREADS=2 python benchmarks/domains.py                 # 5 seeds, every set
+    OMP_NUM_THREADS=2 python benchmarks/domains.py --quick         # 1 seed, spacon only
+    OMP_NUM_THREADS=2 python benchmarks/domains.py --datasets osmfish \\
+        --train '{"n_epochs": 30}' --cluster '{"refine": true}'      # try an option
+    ... [--reference] [--stagate]
 
-Tasks (each clustered with ``sp.tl.cluster`` at its defaults, i.e. a Gaussian mixture with
-the true number of domains; the same call for every method, so only the embedding differs):
+Development sets (each scored by ARI and NMI against its labels, with the true number of
+domains):
 
-- **flatmap, alpha=0** vs the 12 simulated areas; **flatmap, alpha=1** vs the 4 simulated
-  networks. Data: ``sp.datasets.flatmap()`` with tutorial 3's connectome processing
-  (``decay=0.006, threshold=0.8, top_k=0.1``) and a KNN-15 spatial graph.
-- **osmFISH, alpha=0** vs the authors' 11 ``Region`` labels (``"Excluded"`` cells dropped),
-  ``normalize_total`` + ``log1p``, spatial-only mode (no connectome):
-  ``sp.tl.spacon(adata, alpha=0, n_clusters=11)``.
+- **flatmap a=0 / a=1**: ``sp.datasets.flatmap()`` (3,372 spots x 1,122 genes) with
+  tutorial 3's connectome (``decay=0.006, threshold=0.8, top_k=0.1``), KNN-15 spatial
+  graph; alpha=0 vs the 12 simulated areas, alpha=1 vs the 4 networks.
+- **osmFISH**: ``sp.datasets.osmfish(drop_excluded=True)`` (4,839 cells x 33 genes),
+  ``normalize_total`` + ``log1p``, spatial-only, vs the 11 ``Region`` labels.
+- **hypothalamus**: the 5 MERFISH slices of ``../shared/data/merfish_hypothalamus``
+  (5,488-5,926 cells x 154 PCA features each, as published), spatial-only, vs the 8
+  domains; one task per slice and their mean (``--hypothalamus`` points elsewhere).
 
-Methods:
+Methods, each over ``--seeds`` seeds (the data are fixed; the seed drives the model, the
+sampling and the clustering):
 
-- **spacon**: its defaults (``sp.tl.train`` + ``sp.tl.embed``; for osmFISH the one-liner);
-- **reference** (``--reference``): PyPI ``spacon==0.1.3`` on the same graphs as published
-  (10 minibatch epochs, lr 1e-4; see ``_reference.py``); in spatial-only mode the spatial
-  graph stands in for its connection graph, as in spacon;
-- **STAGATE** (``--stagate``): PyPI ``stagate-modern`` (installed into
-  ``benchmarks/out/stagate``), 1,000 full-batch epochs, KNN-6 graph (its
-  ``Cal_Spatial_Net(model="KNN", k_cutoff=6)``), hidden ``[512, 30]``, its defaults;
-- ``--variants``: spacon trained with non-default options (``VARIANTS``), and every
-  default embedding clustered otherwise (``CLUSTERINGS``: k-means, the default before the
-  mixture; Leiden with the resolution searched to the true number of domains, the default
-  before k-means; and the labels smoothed by ``sp.tl.refine``), to show what moves the
-  numbers.
+- **spacon**: ``sp.pp.spatial_graph`` (defaults), ``sp.tl.train`` + ``sp.tl.embed`` +
+  ``sp.tl.cluster(alpha=..., n_clusters=k)`` with their defaults (plus ``--train`` /
+  ``--cluster`` options); one training serves both flatmap tasks. Time: train + embed +
+  cluster.
+- **BANKSY** (PyPI ``pybanksy``, spatial-only sets): its documented domain settings,
+  lambda=0.8, 15 neighbours (scaled Gaussian weights, ``max_m=1``), PCA 20, then Leiden
+  with the resolution searched to ``k`` (``sp.tl.cluster(method="leiden")``).
+- **CellCharter-style**: PCA-20 of the features, concatenated with its means over 1, 2 and
+  3 hops of the spatial graph, Gaussian mixture with one shared covariance
+  (``sp.tl.cluster(method="gmm")``).
+- **naive**: PCA-20 + its 1-hop mean over the spatial graph, k-means.
+- **reference 0.1.3** (``--reference``) and **STAGATE** (``--stagate``, osmFISH): their
+  embeddings clustered by spacon's default call, as before.
 
-Each is run over ``--seeds`` seeds (model, sampling and clustering seed; the data are
-fixed), the reference over ``--reference-seeds`` (its flatmap run is shared with
-``vs_reference.py``: runs are kept under a hash of their inputs), STAGATE over
-``--stagate-seeds`` (its embeddings are kept in ``out/stagate/runs``); ``--quick`` runs one
-seed and spacon only. Results: ``benchmarks/out/domains.json``.
+Results: a table on stdout (ARI mean +- sd (min), NMI mean, seconds per run) and
+``benchmarks/out/domains.json``.
 """
 
 from __future__ import annotations
@@ -56,48 +59,63 @@ sys.path.insert(0, str(HERE))
 OUT = HERE / "out"
 STAGATE_DIR = OUT / "stagate"
 STAGATE_VERSION = "1.0.0.post1"
+HYPOTHALAMUS = HERE.parent.parent / "shared" / "data" / "merfish_hypothalamus"
+SLICES = ("-0.04", "-0.09", "-0.14", "-0.19", "-0.24")
 
 CONNECTIVITY = {"decay": 0.006, "threshold": 0.8, "top_k": 0.1}
-#: task name -> (data set, alpha, truth column, number of domains)
-TASKS = {
-    "flatmap a=0 vs areas": ("flatmap", 0.0, "area", 12),
-    "flatmap a=1 vs networks": ("flatmap", 1.0, "network", 4),
-    "osmFISH a=0 vs regions": ("osmfish", 0.0, "Region", 11),
-}
-#: non-default spacon training shown by ``--variants`` (name -> train options)
-VARIANTS: dict[str, dict] = {
-    "dropout=0": {"dropout": 0.0},
-    "use_weights": {"use_weights": True},
-}
-#: non-default clustering of every embedding shown by ``--variants`` (suffix -> options)
-CLUSTERINGS: dict[str, dict] = {
-    " +k-means": {"method": "kmeans"},
-    " +Leiden": {"method": "leiden"},
-    " +refine": {"refine": True},
-}
-#: the reference's own clustering on the flatmap, as in vs_reference.py (shares its runs)
-OWN_CLUSTERING = ((1.0, 0.6), (0.0, 0.6))
+TRUTH = "truth"
+PEERS = ("BANKSY", "CellCharter-style", "naive")
 
 
 # ------------------------------------------------------------------------------ data
 
 
-def load(name: str):
-    """The data set with its graphs, ready for ``sp.tl.train``."""
+class Task:
+    """One scored clustering: a data set, an alpha and the true number of domains."""
+
+    def __init__(self, name: str, dataset: str, alpha: float, truth: str, k: int):
+        self.name, self.dataset, self.alpha, self.truth, self.k = name, dataset, alpha, truth, k
+
+
+def load(dataset: str):
+    """The data set with ``obs[TRUTH]`` and its graphs, ready for ``sp.tl.train``."""
+    import anndata as ad
     import scanpy as sc
     import spacon as sp
 
-    if name == "flatmap":
+    if dataset == "flatmap":
         adata = sp.datasets.flatmap()
         fc = adata.obsp.pop("functional_connectivity")
         sp.pp.spatial_graph(adata, n_neighbors=15)
         sp.pp.connectivity(adata, fc, **CONNECTIVITY)
         return adata
-    adata = sp.datasets.osmfish(drop_excluded=True)
-    sc.pp.normalize_total(adata)
-    sc.pp.log1p(adata)
+    if dataset == "osmfish":
+        adata = sp.datasets.osmfish(drop_excluded=True)
+        sc.pp.normalize_total(adata)
+        sc.pp.log1p(adata)
+        adata.obs[TRUTH] = adata.obs["Region"].astype(str)
+    else:  # one hypothalamus slice, "hypothalamus-0.04"
+        folder = HYPOTHALAMUS / f"bregma{dataset.removeprefix('hypothalamus')}"
+        adata = ad.AnnData(X=np.load(folder / "features.npy"))
+        adata.obs_names = adata.obs_names.astype(str)
+        adata.obsm["spatial"] = np.load(folder / "coordinates.npy")
+        adata.obs[TRUTH] = np.load(folder / "cell_types.npy", allow_pickle=True).astype(str)
     sp.pp.spatial_graph(adata)
     return adata
+
+
+def tasks_of(datasets: list[str]) -> list[Task]:
+    tasks = []
+    for dataset in datasets:
+        if dataset == "flatmap":
+            tasks += [Task("flatmap a=0 vs areas", "flatmap", 0.0, "area", 12),
+                      Task("flatmap a=1 vs networks", "flatmap", 1.0, "network", 4)]
+        elif dataset == "osmfish":
+            tasks.append(Task("osmFISH vs regions", "osmfish", 0.0, TRUTH, 11))
+        else:
+            for s in SLICES:
+                tasks.append(Task(f"hypothalamus {s}", f"hypothalamus{s}", 0.0, TRUTH, 8))
+    return tasks
 
 
 def connectome_key(adata) -> str:
@@ -106,46 +124,125 @@ def connectome_key(adata) -> str:
     return key if key in adata.obsp else "spatial_connectivities"
 
 
+def dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
-def score(adata, spatial_emb, connectome_emb, *, alpha, truth, k, seed, method="auto",
-          refine=False) -> dict:
-    """``sp.tl.cluster`` (default: Gaussian mixture, ``k`` domains), optionally ``sp.tl.refine``."""
-    import anndata as ad
-    import spacon as sp
+def scores(truth, labels) -> dict:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    holder = ad.AnnData(obs=adata.obs[[truth]].copy())
-    holder.obsm["X_spacon_spatial"] = np.asarray(spatial_emb, dtype=np.float32)
-    holder.obsm["X_spacon_connectome"] = np.asarray(connectome_emb, dtype=np.float32)
-    holder.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    sp.tl.cluster(holder, alpha=alpha, n_clusters=k, method=method, random_state=seed)
-    key = "spacon"
-    if refine:
-        sp.tl.refine(holder, key=key, key_added="refined")
-        key = "refined"
-    labels = holder.obs[key]
     return {
-        "ari": float(adjusted_rand_score(holder.obs[truth], labels)),
-        "nmi": float(normalized_mutual_info_score(holder.obs[truth], labels)),
-        "n_clusters": int(labels.nunique()),
+        "ari": float(adjusted_rand_score(truth, labels)),
+        "nmi": float(normalized_mutual_info_score(truth, labels)),
+        "n_clusters": int(len(np.unique(np.asarray(labels)))),
     }
+
+
+def cluster_embedding(adata, emb, *, k, seed, method="auto", alpha=0.0, connectome=None,
+                      hops=None):
+    """``sp.tl.cluster`` on given embeddings: spacon's default call unless told otherwise
+    (the baselines bring their own neighbourhood features, so they pass ``hops=(0,)``)."""
+    import anndata as ad
+    import spacon as sp
+
+    holder = ad.AnnData(obs=adata.obs[[]].copy())
+    holder.obsm["X_spacon_spatial"] = np.asarray(emb, dtype=np.float32)
+    holder.obsm["X_spacon_connectome"] = np.asarray(
+        emb if connectome is None else connectome, dtype=np.float32)
+    holder.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    holder.obsp["spatial_connectivities"] = adata.obsp["spatial_connectivities"]
+    options = {} if hops is None else {"hops": hops}
+    sp.tl.cluster(holder, alpha=alpha, n_clusters=k, method=method, random_state=seed,
+                  **options)
+    return holder.obs["spacon"].to_numpy()
 
 
 # ---------------------------------------------------------------------------- methods
 
 
-def embed_spacon(adata, seed: int, **options) -> tuple[np.ndarray, np.ndarray, float]:
+def run_spacon(adata, tasks: list[Task], seed: int, train: dict, cluster: dict) -> dict:
+    """Train and embed once, then cluster for every task of the data set."""
     import spacon as sp
 
     work = adata.copy()
     start = time.perf_counter()
     sp.tl.train(work, connectome_graph_key=connectome_key(work), random_state=seed,
-                progress=False, **options)
+                progress=False, **train)
     sp.tl.embed(work, progress=False)
-    return work.obsm["X_spacon_spatial"], work.obsm["X_spacon_connectome"], \
-        time.perf_counter() - start
+    trained = time.perf_counter() - start
+    out = {}
+    for task in tasks:
+        begin = time.perf_counter()
+        sp.tl.cluster(work, alpha=task.alpha, n_clusters=task.k, random_state=seed,
+                      key_added="domains", **cluster)
+        key = "domains_refined" if cluster.get("refine") else "domains"
+        labels = work.obs[key].to_numpy()
+        out[task.name] = (labels, trained + time.perf_counter() - begin)
+    return out
+
+
+def _pca(x: np.ndarray, n: int = 20) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=min(n, x.shape[1] - 1), random_state=0).fit_transform(
+        x - x.mean(axis=0))
+
+
+def _row_mean(adata):
+    """Row-normalised spatial graph with self-loops: one application = one-hop mean."""
+    import scipy.sparse as sp_sparse
+
+    graph = adata.obsp["spatial_connectivities"]
+    graph = (graph + sp_sparse.identity(graph.shape[0], format="csr")).tocsr()
+    return sp_sparse.diags(1.0 / np.asarray(graph.sum(axis=1)).ravel()) @ graph
+
+
+def run_naive(adata, task: Task, seed: int):
+    """PCA-20 + 1-hop spatial mean, k-means."""
+    pcs = _pca(dense(adata.X))
+    emb = _row_mean(adata) @ pcs
+    return cluster_embedding(adata, emb, k=task.k, seed=seed, method="kmeans", hops=(0,))
+
+
+def run_cellcharter_style(adata, task: Task, seed: int):
+    """PCA-20 and its 1-, 2-, 3-hop spatial means, concatenated; tied Gaussian mixture."""
+    pcs = _pca(dense(adata.X))
+    mean = _row_mean(adata)
+    blocks = [pcs]
+    for _ in range(3):
+        blocks.append(mean @ blocks[-1])
+    return cluster_embedding(adata, np.hstack(blocks), k=task.k, seed=seed, method="gmm",
+                             hops=(0,))
+
+
+def banksy_embedding(adata) -> np.ndarray:
+    """BANKSY's matrix (lambda 0.8, 15 scaled-Gaussian neighbours, max_m 1) reduced to PCA 20."""
+    import contextlib
+    import io
+
+    import anndata as ad
+    from banksy.embed_banksy import generate_banksy_matrix
+    from banksy.initialize_banksy import initialize_banksy
+
+    work = ad.AnnData(X=dense(adata.X).astype(np.float32), obs=adata.obs[[]].copy())
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    work.obs["xcoord"], work.obs["ycoord"] = coords[:, 0], coords[:, 1]
+    work.obsm["coord_xy"] = coords[:, :2]
+    with contextlib.redirect_stdout(io.StringIO()):
+        banksy_dict = initialize_banksy(
+            work, ("xcoord", "ycoord", "coord_xy"), num_neighbours=15, max_m=1,
+            nbr_weight_decay="scaled_gaussian", plt_edge_hist=False, plt_nbr_weights=False,
+            plt_agf_angles=False, plt_theta=False)
+        _, matrix = generate_banksy_matrix(work, banksy_dict, [0.8], 1, verbose=False)
+    return _pca(dense(matrix.X if hasattr(matrix, "X") else matrix))
+
+
+def run_banksy(adata, task: Task, seed: int):
+    return cluster_embedding(adata, banksy_embedding(adata), k=task.k, seed=seed,
+                             method="leiden", hops=(0,))
 
 
 def embed_reference(adata, seed: int, threads: int, tag: str):
@@ -154,7 +251,6 @@ def embed_reference(adata, seed: int, threads: int, tag: str):
     res = _reference.run(
         adata.X, adata.obsp[connectome_key(adata)], adata.obsp["spatial_connectivities"],
         tag=f"domains_{tag}_{seed}", seed=seed, threads=threads, reuse=True,
-        own_clustering=OWN_CLUSTERING if tag == "flatmap" else (),
     )
     return res["feature_spa"], res["feature_con"], res["train_s"] + res["embed_s"]
 
@@ -203,39 +299,58 @@ def embed_stagate(adata, seed: int):
     return z, z, seconds
 
 
+
 # ------------------------------------------------------------------------------ main
 
 
 def summarize(runs: list[dict]) -> dict:
     ari = np.array([r["ari"] for r in runs])
     nmi = np.array([r["nmi"] for r in runs])
-    return {
-        "ari_mean": float(ari.mean()), "ari_sd": float(ari.std()), "ari_min": float(ari.min()),
-        "nmi_mean": float(nmi.mean()), "per_seed": runs,
-    }
+    secs = np.array([r["seconds"] for r in runs])
+    return {"ari_mean": float(ari.mean()), "ari_sd": float(ari.std()),
+            "ari_min": float(ari.min()), "nmi_mean": float(nmi.mean()),
+            "seconds": float(secs.mean()), "per_seed": runs}
+
+
+def hypothalamus_mean(table: dict) -> dict:
+    """The mean over the slices of each method's per-slice mean (and its worst slice)."""
+    rows: dict = {}
+    for task, by_method in table.items():
+        if not task.startswith("hypothalamus "):
+            continue
+        for method, s in by_method.items():
+            rows.setdefault(method, []).append(s)
+    out = {}
+    for method, per_slice in rows.items():
+        if len(per_slice) == len(SLICES):
+            out[method] = {
+                "ari_mean": float(np.mean([s["ari_mean"] for s in per_slice])),
+                "ari_sd": float(np.mean([s["ari_sd"] for s in per_slice])),
+                "ari_min": float(min(s["ari_mean"] for s in per_slice)),
+                "nmi_mean": float(np.mean([s["nmi_mean"] for s in per_slice])),
+                "seconds": float(np.mean([s["seconds"] for s in per_slice])),
+            }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, spacon only")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ...)")
+    parser.add_argument("--datasets", nargs="+", default=["flatmap", "osmfish", "hypothalamus"],
+                        choices=["flatmap", "osmfish", "hypothalamus"], help="data sets to run")
+    parser.add_argument("--train", type=json.loads, default={},
+                        help="extra sp.tl.train options for spacon, as JSON")
+    parser.add_argument("--cluster", type=json.loads, default={},
+                        help="extra sp.tl.cluster options for spacon, as JSON")
+    parser.add_argument("--no-peers", action="store_true", help="spacon only")
     parser.add_argument("--reference", action="store_true", help="also the published SpaCon")
-    parser.add_argument("--reference-seeds", type=int, default=1,
-                        help="seeds of the reference (about 5 min each on the flatmap)")
     parser.add_argument("--stagate", action="store_true", help="also STAGATE (osmFISH)")
-    parser.add_argument("--stagate-seeds", type=int, default=3,
-                        help="seeds of STAGATE (4-12 min each on osmFISH)")
-    parser.add_argument("--variants", action="store_true",
-                        help="also non-default spacon training and clusterings")
-    parser.add_argument("--cluster-variants", action="store_true",
-                        help="only the non-default clusterings (no extra training)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--datasets", nargs="+", choices=["flatmap", "osmfish"],
-                        default=["flatmap", "osmfish"], help="data sets to run")
+    parser.add_argument("--name", default="domains", help="name of the JSON file in out/")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.reference, args.stagate = 1, False, False
-        args.variants = args.cluster_variants = False
+        args.seeds, args.no_peers, args.reference, args.stagate = 1, True, False, False
 
     import scanpy as sc
     import torch
@@ -246,64 +361,62 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
+    tasks = tasks_of(args.datasets)
+    peers = {} if args.no_peers else {
+        "BANKSY": run_banksy, "CellCharter-style": run_cellcharter_style, "naive": run_naive}
 
-    methods: dict[str, tuple[str, object]] = {"spacon": ("spacon", {})}
-    if args.variants:
-        for name, options in VARIANTS.items():
-            methods[f"spacon {name}"] = ("spacon", options)
-    if args.reference:
-        methods["reference 0.1.3"] = ("reference", None)
-    if args.stagate:
-        methods["STAGATE"] = ("stagate", None)
-    clusterings = {"": {}}
-    if args.variants or args.cluster_variants:
-        clusterings.update(CLUSTERINGS)
+    table: dict = {}
 
-    results: dict = {"date": str(datetime.date.today()), "seeds": seeds, "tasks": {}}
-    for dataset in args.datasets:
+    def record(task: Task, method: str, seed: int, labels, seconds: float, adata) -> None:
+        r = scores(adata.obs[task.truth], labels)
+        r.update(seed=seed, seconds=seconds)
+        table.setdefault(task.name, {}).setdefault(method, []).append(r)
+        print(f"  {task.name:<24} {method:<18} seed {seed}: ARI {r['ari']:.3f} "
+              f"NMI {r['nmi']:.3f} ({seconds:.1f} s)", flush=True)
+
+    for dataset in dict.fromkeys(t.dataset for t in tasks):
         adata = load(dataset)
-        tasks = {t: v for t, v in TASKS.items() if v[0] == dataset}
-        for method, (kind, options) in methods.items():
-            if kind == "stagate" and dataset == "flatmap":
-                continue  # a spatial-only peer: scored on osmFISH
-            for seed in seeds:
-                if kind == "reference" and seed >= args.reference_seeds:
-                    continue
-                if kind == "stagate" and seed >= args.stagate_seeds:
-                    continue
-                if kind == "spacon":
-                    spa, con, seconds = embed_spacon(adata, seed, **options)
-                elif kind == "reference":
-                    spa, con, seconds = embed_reference(adata, seed, args.threads, dataset)
-                else:
-                    spa, con, seconds = embed_stagate(adata, seed)
-                for task, (_, alpha, truth, k) in tasks.items():
-                    for suffix, copts in clusterings.items():
-                        if suffix and kind == "spacon" and method != "spacon":
-                            continue  # clustering variants: spacon's defaults and the peers
-                        r = score(adata, spa, con, alpha=alpha, truth=truth, k=k, seed=seed,
-                                  **copts)
-                        r.update(seed=seed, seconds=seconds)
-                        name = method + suffix
-                        results["tasks"].setdefault(task, {}).setdefault(name, []).append(r)
-                        print(f"  {task:<24} {name:<30} seed {seed}: ARI {r['ari']:.3f} "
-                              f"NMI {r['nmi']:.3f} ({seconds:.1f} s)", flush=True)
+        mine = [t for t in tasks if t.dataset == dataset]
+        for seed in seeds:
+            for name, (labels, seconds) in run_spacon(
+                    adata, mine, seed, args.train, args.cluster).items():
+                record(next(t for t in mine if t.name == name), "spacon", seed, labels,
+                       seconds, adata)
+            for task in mine:
+                if task.alpha != 0:
+                    continue  # the peers are spatial-only
+                for method, run in peers.items():
+                    start = time.perf_counter()
+                    labels = run(adata, task, seed)
+                    record(task, method, seed, labels, time.perf_counter() - start, adata)
+            others = []
+            if args.reference:
+                others.append(("reference 0.1.3", embed_reference))
+            if args.stagate and dataset == "osmfish":
+                others.append(("STAGATE", embed_stagate))
+            for method, embed in others:
+                spa, con, seconds = (embed(adata, seed, args.threads, dataset)
+                                     if embed is embed_reference else embed(adata, seed))
+                for task in mine:
+                    labels = cluster_embedding(adata, spa, connectome=con, alpha=task.alpha,
+                                               k=task.k, seed=seed)
+                    record(task, method, seed, labels, seconds, adata)
 
-    print(f"\n{'task':<24} {'method':<30} {'ARI mean +- sd (min)':<24} NMI mean")
-    for task, by_method in results["tasks"].items():
-        for method, runs in by_method.items():
-            s = summarize(runs)
-            by_method[method] = s
-            print(f"{task:<24} {method:<30} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
-                  f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}")
-    print(f"(over seeds {seeds}, the reference over {args.reference_seeds}, STAGATE over "
-          f"{args.stagate_seeds}; clustering: Gaussian mixture with the true number of "
-          "domains unless marked)")
-    name = "domains" + ("_quick" if args.quick else "")
-    if len(args.datasets) == 1:
-        name += f"_{args.datasets[0]}"
-    path = OUT / f"{name}.json"
-    path.write_text(json.dumps(results, indent=2))
+    summary = {task: {m: summarize(runs) for m, runs in by.items()} for task, by in table.items()}
+    mean = hypothalamus_mean(summary)
+    if mean:
+        summary["hypothalamus, mean of 5 slices"] = mean
+    print(f"\n{'task':<32} {'method':<18} {'ARI mean +- sd (min)':<24} {'NMI':<6} s/run")
+    for task, by_method in summary.items():
+        for method, s in by_method.items():
+            print(f"{task:<32} {method:<18} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
+                  f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}  {s['seconds']:.1f}")
+    print(f"(seeds {seeds}; hypothalamus mean: sd is the mean per-slice sd, min the worst "
+          "slice's mean)")
+    result = {"date": str(datetime.date.today()), "seeds": seeds, "train": args.train,
+              "cluster": args.cluster, "tasks": summary}
+    path = OUT / f"{args.name}.json"
+    path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return 0
 

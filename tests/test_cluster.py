@@ -9,10 +9,16 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from spacon import Key
-from spacon.tl._cluster import cluster, mix_embeddings, mixing_weight
+from functools import partial
+
+from spacon.tl._cluster import cluster as _cluster
+from spacon.tl._cluster import mix_embeddings, mixing_weight
 from spacon.tl._refine import refine
 
 N_CELLS = 300
+# The planted embeddings sit at random positions, with no spatial graph: these tests are
+# about clustering the mix itself (neighbourhood scales: tests/test_aggregate.py).
+cluster = partial(_cluster, hops=(0,))
 
 
 def _planted(n: int = N_CELLS, seed: int = 0) -> ad.AnnData:

@@ -285,6 +285,9 @@ def test_hidden_dims_forms_and_warning(adata, monkeypatch):
     assert warnings == []
     _train(adata, hidden_dims=[64, 16, 8], n_epochs=1)
     assert len(warnings) == 1 and "wider than the 40 input features" in warnings[0]
+    m = _train(adata, hidden_dims=None, n_epochs=1)  # default widths on 40 features: no warning
+    assert m.hidden_dims == [40, 256, 128, 32]
+    assert len(warnings) == 1
 
 
 # --------------------------------------------------------------------------- validation

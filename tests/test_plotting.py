@@ -145,7 +145,7 @@ def test_alpha_sweep_leaves_adata_unchanged(adata, tmp_path):
         adata,
         alphas=(0.0, 1.0),
         n_clusters=4,
-        n_neighbors=15,
+        hops=None,  # the fixture has no spatial graph: the mix alone, as tl.cluster(hops=None)
         section_key="section",
         section="s2",
         show=False,

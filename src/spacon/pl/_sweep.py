@@ -17,8 +17,10 @@ from .._utils import check_adata, get_coordinates
 from ..tl._cluster import (
     _check_cluster_options,
     _cluster_labels,
+    DEFAULT_HOPS,
     _get_embeddings,
-    mix_embeddings,
+    check_hops,
+    domain_features,
     mixing_weight,
 )
 from . import _utils as u
@@ -48,7 +50,9 @@ def alpha_sweep(
     alpha_scale: Literal["exponential", "linear"] = "exponential",
     n_clusters: int | None = None,
     resolution: float = 1.0,
-    method: Literal["leiden", "louvain"] = "leiden",
+    method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
+    hops: Sequence[int] | None = DEFAULT_HOPS,
+    spatial_graph_key: str = Key.obsp.spatial_connectivities,
     n_neighbors: int = 40,
     random_state: int = 0,
     section_key: str | None = None,
@@ -76,7 +80,9 @@ def alpha_sweep(
         Annotated data with both embeddings (:func:`spacon.tl.embed`) and coordinates.
     alphas
         Values of ``alpha`` in [0, 1], one panel each.
-    alpha_scale, n_clusters, resolution, method, n_neighbors, random_state
+    alpha_scale, n_clusters, resolution, method, hops, spatial_graph_key, n_neighbors
+        As in :func:`spacon.tl.cluster` (the same defaults).
+    random_state
         As in :func:`spacon.tl.cluster`.
     section_key, section
         Cluster all cells but plot only the cells of one ``section`` (default: the first
@@ -113,6 +119,7 @@ def alpha_sweep(
         )
     if ncols is not None:
         u.check_ncols(ncols)
+    hops = check_hops(hops)
     spatial, connectome = _get_embeddings(adata)
     coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
     if section_key is not None:
@@ -131,7 +138,9 @@ def alpha_sweep(
     for alpha in alphas:
         f = mixing_weight(alpha, alpha_scale)
         labels, res, *_ = _cluster_labels(
-            mix_embeddings(spatial, connectome, f),
+            domain_features(
+                adata, spatial, connectome, f, hops=hops, spatial_graph_key=spatial_graph_key
+            ),
             n_neighbors=int(n_neighbors),
             method=method,
             resolution=float(resolution),

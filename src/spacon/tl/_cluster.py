@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -12,7 +13,8 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
-from .._utils import check_adata
+from .._utils import check_adata, check_graph
+from ._aggregate import aggregate_neighbors, check_hops
 
 _METHODS = ("auto", "leiden", "louvain", "kmeans", "gmm")
 # Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
@@ -32,6 +34,9 @@ _GMM_MAX_ITER = 100
 _GMM_TOL = 1e-3
 _GMM_REG = 1e-6
 _GMM_CHUNK = 65_536
+#: Neighbourhood scales added to the mix by default (hops of the spatial graph), chosen on
+#: the development sets of ``benchmarks/domains.py``.
+DEFAULT_HOPS = (0, 4, 16)
 
 
 def mixing_weight(
@@ -61,6 +66,24 @@ def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.
     mixed = f * _zscore(connectome)
     mixed += (1.0 - f) * _zscore(spatial)
     return mixed.astype(np.float32)
+
+
+def domain_features(
+    adata: AnnData,
+    spatial: np.ndarray,
+    connectome: np.ndarray,
+    f: float,
+    *,
+    hops: tuple[int, ...],
+    spatial_graph_key: str,
+) -> np.ndarray:
+    """The mix of both embeddings, with its neighbourhood means over ``hops`` of the
+    spatial graph side by side (the mix alone when ``hops == (0,)``)."""
+    mixed = mix_embeddings(spatial, connectome, f)
+    if hops == (0,):
+        return mixed
+    graph = check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
+    return aggregate_neighbors(mixed, graph, hops)
 
 
 # Below this many cells scanpy uses an exact (brute-force) kNN search; above, pynndescent.
@@ -456,6 +479,8 @@ def cluster(
     n_clusters: int | None = None,
     resolution: float = 1.0,
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
+    hops: Sequence[int] | None = DEFAULT_HOPS,
+    spatial_graph_key: str = Key.obsp.spatial_connectivities,
     n_neighbors: int = 40,
     random_state: int = 0,
     key_added: str = Key.obs.domains,
@@ -465,7 +490,9 @@ def cluster(
     """Cluster cells into spatial domains from the alpha-weighted mix of both embeddings.
 
     Each embedding (``obsm["X_spacon_spatial"]``, ``obsm["X_spacon_connectome"]``) is
-    z-scored per column and mixed as ``X = f * connectome + (1 - f) * spatial``. With
+    z-scored per column and mixed as ``X = f * connectome + (1 - f) * spatial``; the mix is
+    then averaged over its neighbourhood at several scales (``hops``) and the scales are
+    put side by side, so that a cell is described by itself and by its surroundings. With
     ``alpha_scale="exponential"`` (the published scale) ``f = (exp(-4 alpha) - 1) /
     (exp(-4) - 1)``, which is far from linear: alpha = 0.1, 0.25, 0.5, 0.75 give
     f = 0.34, 0.64, 0.88, 0.97. ``alpha_scale="linear"`` uses ``f = alpha``. A kNN graph
@@ -504,6 +531,16 @@ def cluster(
         embeddings), and the shared covariance follows the correlated, elongated domains
         that k-means splits (osmFISH cortex over 10 seeds: ARI 0.59 with k-means, 0.62
         with the mixture; ``benchmarks/README.md``).
+    hops
+        Neighbourhood scales: for each ``h``, the mix averaged over ``h`` hops of the spatial
+        graph (row-normalised, with self-loops), z-scored; the blocks are put side by side,
+        each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself. Small tissues with
+        thin domains (cortical layers) are served by few hops, large nuclei by many; the
+        default ``(0, 4, 16)`` was chosen over every development set of
+        ``benchmarks/domains.py`` (see ``benchmarks/README.md``). ``(0,)`` or ``None``
+        clusters the mix alone, as the published method does.
+    spatial_graph_key
+        ``adata.obsp`` key of the spatial graph used by ``hops``.
     n_neighbors
         Neighbours of the kNN graph on the mix (Leiden and Louvain).
     random_state
@@ -525,6 +562,7 @@ def cluster(
     float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), for
     Leiden and Louvain the neighbour graph under ``neighbors_key``, and
     ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``, the ``method`` used,
+    ``hops``,
     final ``resolution`` (unused by k-means and the mixture), ``n_clusters`` found,
     ``random_state``, ``n_neighbors`` and ``neighbors_key`` when a graph was built, and, when
     ``n_clusters`` was given, ``n_clusters_requested``).
@@ -554,12 +592,15 @@ def cluster(
         neighbors_key = f"{key_added}_neighbors"
     elif not isinstance(neighbors_key, str) or not neighbors_key:
         raise TypeError(f"`neighbors_key` must be a non-empty string, got {neighbors_key!r}.")
+    hops = check_hops(hops)
     spatial, connectome = _get_embeddings(adata)
 
     method = resolve_method(method, n_clusters)
-    start = logg.info(f"clustering spatial domains ({method}, alpha={alpha})")
+    start = logg.info(f"clustering spatial domains ({method}, alpha={alpha}, hops={hops})")
     f = mixing_weight(alpha, alpha_scale)
-    mixed = mix_embeddings(spatial, connectome, f)
+    mixed = domain_features(
+        adata, spatial, connectome, f, hops=hops, spatial_graph_key=spatial_graph_key
+    )
     labels, final_res, conn, dist, nparams = _cluster_labels(
         mixed,
         n_neighbors=int(n_neighbors),
@@ -593,6 +634,7 @@ def cluster(
         "f": f,
         "alpha_scale": alpha_scale,
         "method": method,
+        "hops": list(hops),
         "resolution": final_res,
         "n_clusters": n_found,
         "random_state": int(random_state),

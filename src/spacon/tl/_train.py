@@ -149,7 +149,9 @@ def train(
         or, by default, ``adata.X`` (sparse is fine; densified per batch).
     hidden_dims
         Widths ``[n_features, d1, d2, d3]`` (or ``[d1, d2, d3]``); default
-        ``[n_features, 256, 128, 32]``. Any number of layers works; widths above the
+        ``[n_features, 256, 128, 32]``, also for narrow inputs such as 33-gene panels (the
+        published widths; on osmFISH's 33 genes they give the domains of
+        ``benchmarks/README.md``). Any number of layers works; widths you give above the
         number of features draw a warning.
     fusion
         How the two bottlenecks meet in the decoder: ``"concat"`` or ``"add"``
@@ -395,7 +397,7 @@ def train(
                 f"{name} graph such an isolated cell sees only its own features (self-loop); "
                 "see the Notes of `sp.tl.train`."
             )
-    if any(d > n_features for d in dims[1:]):
+    if hidden_dims is not None and any(d > n_features for d in dims[1:]):
         logg.warning(
             f"hidden_dims {dims} has layers wider than the {n_features} input features; "
             "consider narrower `hidden_dims`."
