@@ -18,7 +18,7 @@ domains):
   ``normalize_total`` + ``log1p``, spatial-only, vs the 11 ``Region`` labels.
 - **hypothalamus**: the 5 MERFISH slices of ``../shared/data/merfish_hypothalamus``
   (5,488-5,926 cells x 154 PCA features each, as published), spatial-only, vs the 8
-  domains; one task per slice and their mean (``--hypothalamus`` points elsewhere).
+  domains; one task per slice and their mean.
 
 Methods, each over ``--seeds`` seeds (the data are fixed; the seed drives the model, the
 sampling and the clustering):

@@ -24,7 +24,7 @@ def check_hops(hops: object) -> tuple[int, ...]:
     if hops is None:
         return (0,)
     if isinstance(hops, (str, bytes)) or not isinstance(hops, Sequence) or not hops:
-        raise ValueError(f"`hops` must be a list of hop counts such as (0, 4, 16), got {hops!r}.")
+        raise ValueError(f"`hops` must be a list of hop counts such as (0, 8), got {hops!r}.")
     if not all(
         isinstance(h, int | np.integer) and not isinstance(h, bool) and h >= 0 for h in hops
     ):
