@@ -32,11 +32,13 @@ def check_hops(hops: object) -> tuple[int, ...]:
     return tuple(sorted({int(h) for h in hops}))
 
 
-def _zscore_into(out: np.ndarray, x: np.ndarray, scale: float) -> None:
-    mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
+def zscore(x: np.ndarray) -> np.ndarray:
+    """Standardise each column to mean 0, variance 1 (``float64``; constant columns become 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
     std[std == 0] = 1.0
-    out[:] = ((x - mean) / std * scale).astype(np.float32)
+    return (x - mean) / std
 
 
 def aggregate_neighbors(
@@ -52,9 +54,7 @@ def aggregate_neighbors(
     x = np.asarray(x, dtype=np.float32)
     n, d = x.shape
     if hops == (0,):
-        out = np.empty_like(x)
-        _zscore_into(out, x, 1.0)
-        return out
+        return zscore(x).astype(np.float32)
     op = mean_operator(graph)
     out = np.empty((n, d * len(hops)), dtype=np.float32)
     scale = 1.0 / np.sqrt(len(hops))
@@ -63,5 +63,5 @@ def aggregate_neighbors(
         while done < h:
             current = np.asarray(op @ current, dtype=np.float32)
             done += 1
-        _zscore_into(out[:, block * d : (block + 1) * d], current, scale)
+        out[:, block * d : (block + 1) * d] = zscore(current) * scale
     return out

@@ -14,7 +14,7 @@ from scanpy import logging as logg
 
 from .._constants import Key
 from .._utils import check_adata, check_graph
-from ._aggregate import aggregate_neighbors, check_hops
+from ._aggregate import aggregate_neighbors, check_hops, zscore
 
 _METHODS = ("auto", "leiden", "louvain", "kmeans", "gmm")
 # Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
@@ -52,19 +52,10 @@ def mixing_weight(
     return float(np.expm1(-4.0 * alpha) / np.expm1(-4.0))
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
-    """Standardise each column to mean 0, variance 1 (constant columns become 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std[std == 0] = 1.0
-    return (x - mean) / std
-
-
 def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.ndarray:
     """``f * z(connectome) + (1 - f) * z(spatial)`` as ``float32`` (z = per-column z-score)."""
-    mixed = f * _zscore(connectome)
-    mixed += (1.0 - f) * _zscore(spatial)
+    mixed = f * zscore(connectome)
+    mixed += (1.0 - f) * zscore(spatial)
     return mixed.astype(np.float32)
 
 
