@@ -98,7 +98,7 @@ def test_default_hops_find_domains_that_single_cells_do_not_show():
     assert alone < 0.3
     assert scales > 0.8
     assert adata.uns["scales"]["params"]["hops"] == list(DEFAULT_HOPS)
-    assert adata.obsm[Key.obsm.mixed].shape == (adata.n_obs, 6 * len(DEFAULT_HOPS))
+    assert adata.obsm["X_scales"].shape == (adata.n_obs, 6 * len(DEFAULT_HOPS))
 
 
 def test_hops_need_the_spatial_graph_and_leave_adata_unchanged():

@@ -259,6 +259,18 @@ def test_deterministic_and_own_neighbors_untouched(clustered):
     assert adata.uns["again"]["params"]["neighbors_key"] == "mine"
 
 
+def test_key_added_keeps_each_clustering_with_its_features(clustered):
+    adata = clustered.copy()
+    first = np.array(adata.obsm[Key.obsm.mixed], copy=True)
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="con")
+    np.testing.assert_array_equal(adata.obsm[Key.obsm.mixed], first)  # untouched
+    assert Key.domain_features("con") == "X_con"
+    assert adata.uns["con"]["params"]["features_key"] == "X_con"
+    assert adata.uns[Key.obs.domains]["params"]["features_key"] == Key.obsm.mixed
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["con"]) > 0.9
+    assert not np.array_equal(adata.obsm["X_con"], first)
+
+
 def test_copy_leaves_original(clustered):
     adata = _planted(n=150)
     snap = _snapshot(adata)

@@ -17,7 +17,9 @@ class Key:
         spatial_embedding = "X_spacon_spatial"
         #: Embedding learnt on the connectome graph.
         connectome_embedding = "X_spacon_connectome"
-        #: The alpha-weighted mix of both embeddings.
+        #: The alpha-weighted mix of both embeddings with its neighbourhood scales, as
+        #: written by :func:`spacon.tl.cluster` with its default ``key_added``
+        #: (``Key.domain_features(key_added)`` in general).
         mixed = "X_spacon"
 
     class obsp:
@@ -39,6 +41,11 @@ class Key:
 
     class layers:
         reconstruction = "spacon_reconstruction"
+
+    @staticmethod
+    def domain_features(key_added: str) -> str:
+        """``obsm`` key of the features a clustering ``key_added`` split (``X_{key_added}``)."""
+        return f"X_{key_added}"
 
     @staticmethod
     def connectivities(key: str) -> str:

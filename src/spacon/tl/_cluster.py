@@ -538,26 +538,29 @@ def cluster(
     random_state
         Seed of the neighbour search and of the community detection.
     key_added
-        ``obs`` column of the labels and ``uns`` key of the parameters.
+        ``obs`` column of the labels and ``uns`` key of the parameters; the clustered
+        features go to ``obsm[f"X_{key_added}"]``.
     neighbors_key
         Where the kNN graph of Leiden and Louvain goes:
         ``obsp[f"{neighbors_key}_connectivities"]``, ``obsp[f"{neighbors_key}_distances"]``,
         ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
         ``"neighbors"`` graph is kept. k-means and the mixture need no graph; for a UMAP
-        of the mix run ``sc.pp.neighbors(adata, use_rep="X_spacon")``.
+        of the mix run ``sc.pp.neighbors(adata, use_rep=f"X_{key_added}")``.
     copy
         Return a modified copy instead of writing to ``adata``.
 
     Returns
     -------
-    ``None``, or the annotated copy if ``copy=True``. Writes ``obsm["X_spacon"]`` (the mix,
-    float32), ``obs[key_added]`` (categorical "0", "1", ..., "0" the largest domain), for
-    Leiden and Louvain the neighbour graph under ``neighbors_key``, and
-    ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``, the ``method`` used,
-    ``hops``,
-    final ``resolution`` (unused by k-means and the mixture), ``n_clusters`` found,
-    ``random_state``, ``n_neighbors`` and ``neighbors_key`` when a graph was built, and, when
-    ``n_clusters`` was given, ``n_clusters_requested``).
+    ``None``, or the annotated copy if ``copy=True``. Writes ``obsm[f"X_{key_added}"]``
+    (the features that were clustered: the mix with its neighbourhood scales, float32;
+    ``"X_spacon"`` by default, so a second clustering under another ``key_added`` keeps
+    the first one's labels and features together), ``obs[key_added]`` (categorical "0",
+    "1", ..., "0" the largest domain), for Leiden and Louvain the neighbour graph under
+    ``neighbors_key``, and ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``,
+    the ``method`` used, ``hops``, ``features_key``, final ``resolution`` (unused by
+    k-means and the mixture), ``n_clusters`` found, ``random_state``, ``n_neighbors`` and
+    ``neighbors_key`` when a graph was built, and, when ``n_clusters`` was given,
+    ``n_clusters_requested``).
 
     Examples
     --------
@@ -609,7 +612,8 @@ def cluster(
         )
 
     adata = adata.copy() if copy else adata
-    adata.obsm[Key.obsm.mixed] = mixed
+    features_key = Key.domain_features(key_added)
+    adata.obsm[features_key] = mixed
     if conn is not None:
         conn_key, dist_key = Key.connectivities(neighbors_key), Key.distances(neighbors_key)
         adata.obsp[conn_key] = conn
@@ -627,6 +631,7 @@ def cluster(
         "alpha_scale": alpha_scale,
         "method": method,
         "hops": list(hops),
+        "features_key": features_key,
         "resolution": final_res,
         "n_clusters": n_found,
         "random_state": int(random_state),
@@ -642,7 +647,7 @@ def cluster(
         deep=(
             f"found {n_found} domains (f={f:.3g}, resolution={final_res:.4g}) and added\n"
             f"    {key_added!r}, the domain labels (adata.obs, categorical)\n"
-            f"    {Key.obsm.mixed!r}, the mixed embedding (adata.obsm)"
+            f"    {features_key!r}, the clustered features (adata.obsm)"
         ),
     )
     return adata if copy else None
