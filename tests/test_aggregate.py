@@ -114,3 +114,26 @@ def test_hops_need_the_spatial_graph_and_leave_adata_unchanged():
     ) == before
     sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=None)  # the mix alone needs no graph
     assert adata.uns[Key.obs.domains]["params"]["hops"] == [0]
+
+
+def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
+    base = _noisy_quadrants()
+    rng = np.random.default_rng(1)
+    adata = ad.AnnData(
+        X=rng.normal(size=(base.n_obs, 12)).astype(np.float32),
+        obs=base.obs,
+        obsm=dict(base.obsm),
+        obsp=dict(base.obsp),
+    )
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=5, key_added="expr")
+    assert adata.uns["expr"]["params"]["n_pcs"] == 5
+    n_blocks = len(DEFAULT_HOPS)
+    assert adata.obsm["X_expr"].shape == (adata.n_obs, (6 + 5) * n_blocks)
+    # alpha=1: the connectome side alone, the expression block vanishes
+    sp.tl.cluster(adata, alpha=1.0, n_clusters=4, n_pcs=5, key_added="con")
+    assert adata.uns["con"]["params"]["n_pcs"] == 0
+    assert adata.obsm["X_con"].shape == (adata.n_obs, 6 * n_blocks)
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=None, key_added="none")
+    assert adata.uns["none"]["params"]["n_pcs"] == 0
+    with pytest.raises(ValueError, match="n_pcs"):
+        sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=-1)

@@ -21,6 +21,7 @@ from ..tl._cluster import (
     _get_embeddings,
     check_hops,
     domain_features,
+    expression_pcs,
     mixing_weight,
 )
 from . import _utils as u
@@ -52,6 +53,7 @@ def alpha_sweep(
     resolution: float = 1.0,
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
+    n_pcs: int | None = 20,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
     n_neighbors: int = 40,
     random_state: int = 0,
@@ -80,7 +82,7 @@ def alpha_sweep(
         Annotated data with both embeddings (:func:`spacon.tl.embed`) and coordinates.
     alphas
         Values of ``alpha`` in [0, 1], one panel each.
-    alpha_scale, n_clusters, resolution, method, hops, spatial_graph_key, n_neighbors
+    alpha_scale, n_clusters, resolution, method, hops, n_pcs, spatial_graph_key, n_neighbors
         As in :func:`spacon.tl.cluster` (the same defaults).
     random_state
         As in :func:`spacon.tl.cluster`.
@@ -132,6 +134,7 @@ def alpha_sweep(
         rows = np.arange(adata.n_obs)
         where = ""
 
+    expression = expression_pcs(adata, n_pcs, int(random_state))
     start = logg.info(f"clustering at alpha = {alphas}")
     panels = []
     previous = None
@@ -139,7 +142,13 @@ def alpha_sweep(
         f = mixing_weight(alpha, alpha_scale)
         labels, res, *_ = _cluster_labels(
             domain_features(
-                adata, spatial, connectome, f, hops=hops, spatial_graph_key=spatial_graph_key
+                adata,
+                spatial,
+                connectome,
+                f,
+                hops=hops,
+                spatial_graph_key=spatial_graph_key,
+                expression=None if f >= 1 else expression,
             ),
             n_neighbors=int(n_neighbors),
             method=method,
