@@ -42,12 +42,17 @@ def zscore(x: np.ndarray) -> np.ndarray:
 
 
 def aggregate_neighbors(
-    x: np.ndarray, graph: sp_sparse.spmatrix | sp_sparse.sparray, hops: Sequence[int]
+    x: np.ndarray,
+    graph: sp_sparse.spmatrix | sp_sparse.sparray | None,
+    hops: Sequence[int],
+    *,
+    operator: sp_sparse.csr_matrix | None = None,
 ) -> np.ndarray:
     """``[z(P^h x) for h in hops]`` side by side, each block scaled by ``1/sqrt(len(hops))``.
 
     ``P`` is :func:`mean_operator` of ``graph`` and ``z`` a per-column z-score, so every
-    scale weighs the same whatever the width of ``x``. Cost: ``max(hops)`` sparse
+    scale weighs the same whatever the width of ``x``. Pass ``operator`` (a
+    :func:`mean_operator`) to reuse it across calls instead of ``graph``. Cost: ``max(hops)`` sparse
     products, ``O(max(hops) * nnz * d)``; memory ``len(hops)`` times that of ``x``.
     """
     hops = check_hops(hops)
@@ -55,7 +60,7 @@ def aggregate_neighbors(
     n, d = x.shape
     if hops == (0,):
         return zscore(x).astype(np.float32)
-    op = mean_operator(graph)
+    op = mean_operator(graph) if operator is None else operator
     out = np.empty((n, d * len(hops)), dtype=np.float32)
     scale = 1.0 / np.sqrt(len(hops))
     current, done = x, 0

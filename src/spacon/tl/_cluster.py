@@ -14,7 +14,7 @@ from scanpy import logging as logg
 
 from .._constants import Key
 from .._utils import check_adata, check_graph
-from ._aggregate import aggregate_neighbors, check_hops, zscore
+from ._aggregate import aggregate_neighbors, check_hops, mean_operator, zscore
 
 _METHODS = ("auto", "leiden", "louvain", "kmeans", "gmm")
 # Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
@@ -87,13 +87,14 @@ def domain_features(
     mixed = mix_embeddings(spatial, connectome, f)
     if hops == (0,) and expression is None:
         return mixed
-    graph = None
+    op = None
     if hops != (0,):
         graph = check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
-    features = aggregate_neighbors(mixed, graph, hops)
+        op = mean_operator(graph)  # built once for the mix and the expression
+    features = aggregate_neighbors(mixed, None, hops, operator=op)
     if expression is None:
         return features
-    expr = aggregate_neighbors(expression, graph, hops)
+    expr = aggregate_neighbors(expression, None, hops, operator=op)
     expr *= np.float32(1.0 - f)
     return np.hstack([features, expr]) / np.float32(np.sqrt(2.0))
 
