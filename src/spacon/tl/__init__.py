@@ -3,8 +3,9 @@
 from ._cluster import cluster
 from ._embed import embed
 from ._model import SpaconModel
+from ._predict import predict_connectivity
 from ._refine import refine
 from ._spacon import spacon
 from ._train import train
 
-__all__ = ["SpaconModel", "cluster", "embed", "refine", "spacon", "train"]
+__all__ = ["SpaconModel", "cluster", "embed", "predict_connectivity", "refine", "spacon", "train"]
