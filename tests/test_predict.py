@@ -241,3 +241,38 @@ def test_errors():
     del bad.obsp[Key.obsp.connectome_connectivities]
     with pytest.raises(KeyError, match="sp.pp.connectivity"):
         sp.tl.predict_connectivity(bad, use_rep="hidden")
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def test_plot_one_line_per_representation(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata = _toy()
+    sp.tl.predict_connectivity(
+        adata, use_rep="hidden", baselines=("distance",), n_folds=3, distance_bins=3
+    )
+    fig = sp.pl.connectivity_prediction(adata, show=False, save=tmp_path / "pred.png")
+    assert len(fig.axes) == 3
+    assert (tmp_path / "pred.png").stat().st_size > 0
+    lines = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert [line.get_label() for line in lines] == ["hidden", "distance"]
+    assert all(len(line.get_xdata()) == 3 for line in lines)  # the bins, not "all"
+
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    out = sp.pl.connectivity_prediction(
+        adata, metrics="auroc", representations=["distance"], ax=ax, show=False
+    )
+    assert out is ax.figure
+    with pytest.raises(ValueError, match="single metric"):
+        sp.pl.connectivity_prediction(adata, ax=ax, show=False)
+    with pytest.raises(ValueError, match="metrics"):
+        sp.pl.connectivity_prediction(adata, metrics="r2", show=False)
+    with pytest.raises(ValueError, match="not in the results"):
+        sp.pl.connectivity_prediction(adata, representations=["X_pca"], show=False)
+    with pytest.raises(KeyError, match="predict_connectivity"):
+        sp.pl.connectivity_prediction(adata, key="other", show=False)
