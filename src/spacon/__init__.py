@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, pp, tl
+from . import datasets, io, pl, pp, tl
 from ._constants import Key
 
 try:
@@ -17,4 +17,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["Key", "datasets", "pl", "pp", "tl", "__version__"]
+__all__ = ["Key", "datasets", "io", "pl", "pp", "tl", "__version__"]
