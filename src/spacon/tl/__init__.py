@@ -1,6 +1,7 @@
 """Tools: train the model, embed cells, cluster domains."""
 
 from ._cluster import cluster
+from ._composition import domain_composition
 from ._embed import embed
 from ._model import SpaconModel
 from ._predict import predict_connectivity
@@ -8,4 +9,13 @@ from ._refine import refine
 from ._spacon import spacon
 from ._train import train
 
-__all__ = ["SpaconModel", "cluster", "embed", "predict_connectivity", "refine", "spacon", "train"]
+__all__ = [
+    "SpaconModel",
+    "cluster",
+    "domain_composition",
+    "embed",
+    "predict_connectivity",
+    "refine",
+    "spacon",
+    "train",
+]
