@@ -23,7 +23,7 @@ domains):
 Methods, each over ``--seeds`` seeds (the data are fixed; the seed drives the model, the
 sampling and the clustering):
 
-- **spacon**: ``sp.pp.spatial_graph`` (defaults), ``sp.tl.train`` + ``sp.tl.embed`` +
+- **spacon**: ``sp.pp.spatial_graph`` (defaults), ``sp.tl.train`` (which embeds) +
   ``sp.tl.cluster(alpha=..., n_clusters=k)`` with their defaults (plus ``--train`` /
   ``--cluster`` options); one training serves both flatmap tasks. Time: train + embed +
   cluster.
@@ -170,8 +170,7 @@ def run_spacon(adata, tasks: list[Task], seed: int, train: dict, cluster: dict) 
     work = adata.copy()
     start = time.perf_counter()
     sp.tl.train(work, connectome_graph_key=connectome_key(work), random_state=seed,
-                progress=False, **train)
-    sp.tl.embed(work, progress=False)
+                progress=False, **train)  # also embeds
     trained = time.perf_counter() - start
     out = {}
     for task in tasks:

@@ -105,7 +105,7 @@ def test_run_on_signed_fc_without_threshold(user_files, tmp_path, scanpy_log):
     assert "negative weights of `fc` (cell pairs" in scanpy_log.getvalue()
     result = ad.read_h5ad(out / "cells_spacon.h5ad")
     assert (result.obsp[Key.obsp.connectome_connectivities].data > 0).all()
-    assert "threshold" not in result.uns[Key.uns.connectome_neighbors]["params"]
+    assert "threshold" not in result.uns[Key.neighbors("connectome")]["params"]
 
 
 def test_train_on_signed_fc_without_threshold(user_files, tmp_path, scanpy_log):
@@ -120,7 +120,7 @@ def test_train_on_signed_fc_without_threshold(user_files, tmp_path, scanpy_log):
     result = ad.read_h5ad(out / "cells_spacon.h5ad")
     graph = result.obsp[Key.obsp.connectome_connectivities]
     assert (graph.data > 0).all() and np.diff(graph.indptr).max() == 20
-    assert result.uns[Key.uns.connectome_neighbors]["params"]["top_k"] == 20
+    assert result.uns[Key.neighbors("connectome")]["params"]["top_k"] == 20
 
 
 @pytest.mark.parametrize("command", ["run", "train"])

@@ -19,7 +19,7 @@ from spacon._constants import Key
 
 N = 40
 CONN = Key.obsp.connectome_connectivities
-UNS = Key.uns.connectome_neighbors
+UNS = Key.neighbors("connectome")
 
 
 # --------------------------------------------------------------------------- helpers

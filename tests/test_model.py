@@ -17,7 +17,6 @@ from spacon._core._graph import CSR, GraphTensors, add_self_loops
 from spacon._core._layers import GraphAttention
 from spacon._core._module import SpaconNet
 from spacon.tl import SpaconModel
-from spacon.tl import _model as model_mod
 
 DIMS = [24, 12, 6]  # hidden widths after the input, small for speed
 
@@ -170,15 +169,15 @@ def test_network_shapes(fusion):
 
 
 def test_train_and_embed_shapes_keys(adata):
-    model = _train(adata, n_epochs=30)
+    model = _train(adata, n_epochs=30, embed=False)
     record = adata.uns[Key.uns.train]
-    assert record["model_id"] == model.model_id
+    assert "model_id" not in record  # the model is the returned object, not a hidden id
     assert record["n_epochs_run"] == 30 and len(record["loss"]) == 30
     assert record["params"]["hidden_dims"] == [40, *DIMS]
     assert record["params"]["full_batch"] is True
     assert np.mean(record["loss"][-5:]) < record["loss"][0]  # it learns
-    assert Key.obsm.spatial_embedding not in adata.obsm  # train writes only uns
-    sp.tl.embed(adata, reconstruction=True)
+    assert Key.obsm.spatial_embedding not in adata.obsm  # embed=False: train writes only uns
+    sp.tl.embed(adata, model, reconstruction=True)
     for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
         emb = adata.obsm[key]
         assert emb.shape == (adata.n_obs, DIMS[-1]) and emb.dtype == np.float32
@@ -191,8 +190,7 @@ def test_train_and_embed_shapes_keys(adata):
 
 
 def test_learning_recovers_planted_domains(adata):
-    _train(adata, n_epochs=60)
-    sp.tl.embed(adata)
+    _train(adata, n_epochs=60)  # embeds by default
     truth = adata.obs["domain"].to_numpy()
     for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
         labels = KMeans(4, n_init=4, random_state=0).fit_predict(adata.obsm[key])
@@ -205,7 +203,6 @@ def test_training_is_deterministic(adata, full_batch):
     embeddings, losses = [], []
     for seed in (7, 7, 8):
         model = _train(adata, random_state=seed, **kw)
-        sp.tl.embed(adata, model=model)
         embeddings.append(adata.obsm[Key.obsm.connectome_embedding].copy())
         losses.append(model.history)
     np.testing.assert_array_equal(embeddings[0], embeddings[1])
@@ -235,7 +232,6 @@ def test_minibatch_mode_and_weighted_options(adata):
     record = adata.uns[Key.uns.train]
     assert record["params"]["full_batch"] is False and record["params"]["num_neighbors"] == [6, 4]
     assert len(model.history) == 2
-    sp.tl.embed(adata)
     assert adata.obsm[Key.obsm.spatial_embedding].shape == (adata.n_obs, DIMS[-1])
 
 
@@ -252,7 +248,6 @@ def test_sparse_and_dense_x_identical(base):
     a_dense.X = a_dense.X.toarray()
     for a in (a_sparse, a_dense):
         _train(a, n_epochs=3)
-        sp.tl.embed(a)
     np.testing.assert_array_equal(
         a_sparse.obsm[Key.obsm.spatial_embedding], a_dense.obsm[Key.obsm.spatial_embedding]
     )
@@ -268,7 +263,7 @@ def test_layer_and_use_rep_inputs(adata):
     adata.obsm["X_pca"] = np.asarray(adata.X.toarray()[:, :15] * 2, dtype=np.float64)
     model = _train(adata, use_rep="X_pca", hidden_dims=[15, 8, 6, 4], n_epochs=2)
     assert model.config["n_features"] == 15
-    sp.tl.embed(adata, reconstruction=True)
+    sp.tl.embed(adata, model, reconstruction=True)
     assert adata.obsm[Key.obsm.connectome_embedding].shape == (adata.n_obs, 4)
     assert adata.obsm[Key.layers.reconstruction].shape == (adata.n_obs, 15)
 
@@ -352,20 +347,18 @@ def test_train_rejects_bad_graphs_and_features(adata):
 
 def test_embed_without_model_errors(adata):
     before = _snapshot(adata)
-    with pytest.raises(ValueError, match="no trained model for this AnnData"):
+    with pytest.raises(ValueError, match=r"No model given; run `sp\.tl\.train.*model\.save"):
         sp.tl.embed(adata)
-    adata.uns[Key.uns.train] = {"model_id": "not-a-model"}
-    with pytest.raises(ValueError, match="not loaded in this Python session"):
-        sp.tl.embed(adata)
-    with pytest.raises(TypeError, match="SpaconModel"):
+    with pytest.raises(FileNotFoundError, match="No saved spacon model in 'model'"):
         sp.tl.embed(adata, model="model")
-    del adata.uns[Key.uns.train]
+    with pytest.raises(TypeError, match="SpaconModel"):
+        sp.tl.embed(adata, model=3)
     assert _snapshot(adata) == before
 
 
 def test_embed_copy_and_chunking(adata):
-    model = _train(adata, n_epochs=3)
-    out = sp.tl.embed(adata, copy=True, batch_size=1000)
+    model = _train(adata, n_epochs=3, embed=False)
+    out = sp.tl.embed(adata, model, copy=True, batch_size=1000)
     assert Key.obsm.spatial_embedding not in adata.obsm
     small = sp.tl.embed(adata, model=model, copy=True, batch_size=37, reconstruction=True)
     np.testing.assert_allclose(
@@ -381,7 +374,7 @@ def test_embed_copy_and_chunking(adata):
 def test_embed_matches_full_forward(adata):
     """Chunked layer-wise inference equals one eval-mode forward pass on the full graphs."""
     model = _train(adata, n_epochs=3, hidden_dims=[16, 8, 4])
-    sp.tl.embed(adata, batch_size=50, reconstruction=True)
+    sp.tl.embed(adata, model, batch_size=50, reconstruction=True)
     net = model.module.eval()
     con = add_self_loops(CSR.from_scipy(adata.obsp[Key.obsp.connectome_connectivities]))
     spa = add_self_loops(CSR.from_scipy(adata.obsp[Key.obsp.spatial_connectivities]))
@@ -401,7 +394,6 @@ def test_embed_matches_full_forward(adata):
 
 def test_save_load_embed_identical(adata, tmp_path):
     model = _train(adata, n_epochs=3)
-    sp.tl.embed(adata)
     first = adata.obsm[Key.obsm.spatial_embedding].copy()
     model.save(tmp_path / "m")
     with pytest.raises(FileExistsError, match="overwrite=True"):
@@ -433,33 +425,53 @@ def test_load_onto_different_features_errors(adata, tmp_path):
         SpaconModel.load(tmp_path / "empty")
 
 
-def test_registry_finds_loaded_model_in_new_session(adata, tmp_path):
-    model = _train(adata, n_epochs=1)
+def test_embed_from_a_saved_folder_after_h5ad_round_trip(adata, tmp_path):
+    """No hidden state: the model is an object or a folder, and both survive a new session."""
+    model = _train(adata, n_epochs=2)  # embeds
     model.save(tmp_path / "m")
-    model_mod._REGISTRY.clear()  # as in a fresh Python process
-    with pytest.raises(ValueError, match="not loaded"):
-        sp.tl.embed(adata)
-    SpaconModel.load(tmp_path / "m")
-    sp.tl.embed(adata)
-    assert Key.obsm.spatial_embedding in adata.obsm
-
-
-def test_registry_is_bounded(adata):
-    for _ in range(model_mod._REGISTRY_SIZE + 3):
-        _train(adata, n_epochs=1, hidden_dims=[4, 3, 2])
-    assert len(model_mod._REGISTRY) == model_mod._REGISTRY_SIZE
-
-
-def test_h5ad_round_trip(adata, tmp_path):
-    _train(adata, n_epochs=2)
-    sp.tl.embed(adata, reconstruction=True)
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
     record = back.uns[Key.uns.train]
     np.testing.assert_array_equal(record["loss"], adata.uns[Key.uns.train]["loss"])
-    assert record["model_id"] == adata.uns[Key.uns.train]["model_id"]
     assert list(record["params"]["hidden_dims"]) == [40, *DIMS]
     for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
         np.testing.assert_array_equal(back.obsm[key], adata.obsm[key])
-    sp.tl.embed(back)  # the registered model is found from the reloaded record
+    sp.tl.embed(back, tmp_path / "m", key_added="again", reconstruction=True)
+    keys = Key.embedding("again")
+    np.testing.assert_array_equal(back.obsm[keys.spatial], adata.obsm[Key.obsm.spatial_embedding])
+    assert back.layers[keys.reconstruction].shape == back.shape
+    back.write_h5ad(path)
+    assert ad.read_h5ad(path).uns[keys.uns]["reconstruction_key"] == keys.reconstruction
+
+
+def test_embed_key_added_names_every_output(adata):
+    model = _train(adata, n_epochs=2, embed=False)
+    before = set(adata.obsm)
+    sp.tl.embed(adata, model, key_added="v2", reconstruction=True, batch_size=100)
+    assert set(adata.obsm) - before == {"X_v2_spatial", "X_v2_connectome"}
+    assert "v2_reconstruction" in adata.layers
+    record = adata.uns["v2_embed"]
+    assert record["spatial_key"] == "X_v2_spatial"
+    assert record["connectome_key"] == "X_v2_connectome"
+    assert record["reconstruction_key"] == "v2_reconstruction"
+    assert record["params"]["features"] == "adata.X"
+    assert record["params"]["hidden_dims"] == [40, *DIMS]
+    assert record["params"]["reconstruction"] is True
+    assert Key.uns.embed not in adata.uns
+    for bad, error in ((3, TypeError), ("", TypeError)):
+        with pytest.raises(error, match="key_added"):
+            sp.tl.embed(adata, model, key_added=bad)
+
+
+def test_latent_representation_writes_nothing(adata):
+    model = _train(adata, n_epochs=2)
+    before = _snapshot(adata)
+    latent = model.get_latent_representation(adata, batch_size=64, progress=False)
+    assert _snapshot(adata) == before
+    # another chunk size: the same embeddings up to float rounding
+    np.testing.assert_allclose(latent.spatial, adata.obsm[Key.obsm.spatial_embedding], atol=1e-5)
+    np.testing.assert_allclose(
+        latent.connectome, adata.obsm[Key.obsm.connectome_embedding], atol=1e-5
+    )
+    assert latent.reconstruction is None

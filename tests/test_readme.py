@@ -37,7 +37,7 @@ def test_readme_has_python_examples():
         pytest.param((500, 80), id="small-demo"),
     ],
 )
-def test_readme_python_blocks_run(demo_size, monkeypatch):
+def test_readme_python_blocks_run(demo_size, monkeypatch, tmp_path):
     """Execute the blocks in one namespace, as a user pasting them into a session would.
 
     ``as-written`` runs them unchanged; ``small-demo`` only makes ``sp.datasets.flatmap``
@@ -47,6 +47,7 @@ def test_readme_python_blocks_run(demo_size, monkeypatch):
     """
     import matplotlib.pyplot as plt
 
+    monkeypatch.chdir(tmp_path)  # files the examples write (a saved model) land here
     plt.close("all")
     matplotlib.use("Agg")  # left on: no test of this suite wants a window
     monkeypatch.setattr(plt, "show", lambda *args, **kwargs: None)

@@ -15,8 +15,8 @@ from spacon import pp
 from spacon._constants import Key
 
 CONNS = Key.obsp.spatial_connectivities
-DISTS = Key.obsp.spatial_distances
-NEIGHS = Key.uns.spatial_neighbors
+DISTS = Key.distances("spatial")
+NEIGHS = Key.neighbors("spatial")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -69,8 +69,7 @@ def prepared():
 def trained(prepared):
     """Clustered data and its model (kept here: the session registry holds only a few)."""
     adata = prepared[0].copy()
-    model = sp.tl.train(adata, **TRAIN)
-    sp.tl.embed(adata, progress=False)
+    model = sp.tl.train(adata, **TRAIN)  # also embeds
     sp.tl.cluster(adata, n_neighbors=10, n_clusters=3)
     return adata, model
 
@@ -443,7 +442,8 @@ def test_bad_option_values(clustered, call, error, match):
          KeyError, "Section column"),
         (lambda a: sp.pp.connectivity(a, np.ones((2, 2)), regions_key="area"), KeyError,
          "regions_key='area'"),
-        (lambda a: sp.tl.embed(a, train_key="other"), ValueError, r"sp\.tl\.train"),
+        (lambda a: sp.tl.embed(a, "no_model_here"), FileNotFoundError,
+         r"No saved spacon model.*model\.save"),
         (lambda a: sp.tl.refine(a, key="leiden"), KeyError, r"obs\['leiden'\]"),
         (lambda a: sp.pl.domains(a, key="leiden", show=False), KeyError, r"obs\['leiden'\]"),
         (lambda a: sp.pl.domains(a, spatial_key="xy", show=False), KeyError, r"obsm\['xy'\]"),
@@ -511,7 +511,6 @@ def test_isolated_cells_are_counted_and_embedded(warnings_log):
     assert any(m.startswith(f"{n_spatial} of {N} cells have no spatial neighbour")
                for m in warnings_log)
     assert "Isolated cells" in sp.tl.train.__doc__
-    sp.tl.embed(adata, progress=False)
     for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
         assert np.isfinite(adata.obsm[key]).all()
 
@@ -538,12 +537,13 @@ def _round_trip(adata, path):
 
 def test_every_step_survives_h5ad(tmp_path):
     adata, fc = make_adata()
+    models = []
     steps = [
         lambda: sp.pp.spatial_graph(adata, n_neighbors=6),
         lambda: sp.pp.connectivity(adata, fc, decay=0.05, threshold=0.2, top_k=10,
                                    symmetrize=True),
-        lambda: sp.tl.train(adata, **TRAIN),
-        lambda: sp.tl.embed(adata, reconstruction=True, progress=False),
+        lambda: models.append(sp.tl.train(adata, **TRAIN, embed=False)),
+        lambda: sp.tl.embed(adata, models[0], reconstruction=True, progress=False),
         lambda: sp.tl.cluster(adata, n_neighbors=10, n_clusters=3),
         lambda: sp.tl.refine(adata, n_neighbors=5),
     ]

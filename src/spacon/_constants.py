@@ -1,10 +1,30 @@
 """Storage keys used by spacon, defined once.
 
 Every key spacon reads from or writes to an :class:`~anndata.AnnData` lives here,
-so that no string is spelled twice in the code base.
+so that no string is spelled twice in the code base. Fixed keys are class attributes;
+keys derived from a ``key_added`` are static methods (:meth:`Key.embedding`,
+:meth:`Key.refined`, ...).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+#: ``key_added`` of :func:`spacon.tl.embed` and :func:`spacon.tl.cluster` by default.
+DEFAULT_KEY = "spacon"
+
+
+class EmbeddingKeys(NamedTuple):
+    """Where :func:`spacon.tl.embed` with one ``key_added`` writes (see :meth:`Key.embedding`)."""
+
+    #: ``obsm`` key of the spatial-encoder bottleneck.
+    spatial: str
+    #: ``obsm`` key of the connectome-encoder bottleneck.
+    connectome: str
+    #: ``layers`` (or ``obsm``, for a model trained on ``use_rep``) key of the reconstruction.
+    reconstruction: str
+    #: ``uns`` key of the record: the keys above and the parameters.
+    uns: str
 
 
 class Key:
@@ -13,39 +33,63 @@ class Key:
     class obsm:
         #: Spatial coordinates (squidpy's convention).
         spatial = "spatial"
-        #: Embedding learnt on the spatial graph.
-        spatial_embedding = "X_spacon_spatial"
-        #: Embedding learnt on the connectome graph.
-        connectome_embedding = "X_spacon_connectome"
+        #: Embedding learnt on the spatial graph (``Key.embedding().spatial``).
+        spatial_embedding = f"X_{DEFAULT_KEY}_spatial"
+        #: Embedding learnt on the connectome graph (``Key.embedding().connectome``).
+        connectome_embedding = f"X_{DEFAULT_KEY}_connectome"
         #: The alpha-weighted mix of both embeddings with its neighbourhood scales, as
         #: written by :func:`spacon.tl.cluster` with its default ``key_added``
         #: (``Key.domain_features(key_added)`` in general).
-        mixed = "X_spacon"
+        mixed = f"X_{DEFAULT_KEY}"
 
     class obsp:
         #: Spatial graph written by :func:`spacon.pp.spatial_graph` (squidpy's key).
         spatial_connectivities = "spatial_connectivities"
-        spatial_distances = "spatial_distances"
         #: Connectome graph written by :func:`spacon.pp.connectivity`.
         connectome_connectivities = "connectome_connectivities"
 
     class uns:
-        spatial_neighbors = "spatial_neighbors"
-        connectome_neighbors = "connectome_neighbors"
-        #: Training record (loss history and parameters).
-        train = "spacon_train"
+        #: Training record (loss history and parameters) of :func:`spacon.tl.train`.
+        train = f"{DEFAULT_KEY}_train"
+        #: Record of :func:`spacon.tl.embed` with its default ``key_added``.
+        embed = f"{DEFAULT_KEY}_embed"
 
     class obs:
         #: Domain labels written by :func:`spacon.tl.cluster` (params in ``uns`` under the same key).
-        domains = "spacon"
+        domains = DEFAULT_KEY
 
     class layers:
-        reconstruction = "spacon_reconstruction"
+        #: Reconstruction written by ``sp.tl.embed(..., reconstruction=True)``.
+        reconstruction = f"{DEFAULT_KEY}_reconstruction"
+
+    @staticmethod
+    def embedding(key_added: str = DEFAULT_KEY) -> EmbeddingKeys:
+        """Every key :func:`spacon.tl.embed` writes with ``key_added``.
+
+        ``obsm[f"X_{key_added}_spatial"]``, ``obsm[f"X_{key_added}_connectome"]``,
+        ``layers[f"{key_added}_reconstruction"]`` and the record ``uns[f"{key_added}_embed"]``.
+        """
+        return EmbeddingKeys(
+            spatial=f"X_{key_added}_spatial",
+            connectome=f"X_{key_added}_connectome",
+            reconstruction=f"{key_added}_reconstruction",
+            uns=f"{key_added}_embed",
+        )
 
     @staticmethod
     def domain_features(key_added: str) -> str:
         """``obsm`` key of the features a clustering ``key_added`` split (``X_{key_added}``)."""
         return f"X_{key_added}"
+
+    @staticmethod
+    def refined(key: str) -> str:
+        """``obs`` key of the labels :func:`spacon.tl.refine` smooths from ``key``."""
+        return f"{key}_refined"
+
+    @staticmethod
+    def colors(key: str) -> str:
+        """``uns`` key of the colours of the categories of ``obs[key]`` (scanpy's)."""
+        return f"{key}_colors"
 
     @staticmethod
     def connectivities(key: str) -> str:

@@ -200,7 +200,7 @@ def _demo(args: argparse.Namespace) -> int:
         connectivity_kwargs={"decay": 0.006, "threshold": 0.8, "top_k": 0.1},
         **options,
     )
-    key = Key.obs.domains + ("_refined" if args.refine else "")
+    key = Key.refined(Key.obs.domains) if args.refine else Key.obs.domains
     for truth in ("area", "network"):
         ari = adjusted_rand_score(adata.obs[truth], adata.obs[key])
         print(f"ARI of alpha={args.alpha:g} domains vs simulated {truth}s: {ari:.3f}")
@@ -245,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         connectivity_kwargs=connectivity_kwargs,
         **_cluster_options(args),
     )
-    key = Key.obs.domains + ("_refined" if args.refine else "")
+    key = Key.refined(Key.obs.domains) if args.refine else Key.obs.domains
     written = _write_outputs(adata, args.out, key=key, stem=args.data.stem + "_spacon")
     print(f"{adata.n_obs} cells, {adata.obs[key].nunique()} domains; wrote:")
     for path in written:
@@ -264,12 +264,11 @@ def _raise_terminated(signum, frame) -> None:
 def _train(args: argparse.Namespace) -> int:
     import anndata as ad
     import scanpy as sc
-    from scanpy import logging as logg
-
     from . import pp, tl
     from ._constants import Key
     from ._core._distributed import launch_env
     from ._io import atomic_write_h5ad
+    from .tl._inputs import connectome_key_or_spatial
 
     found = launch_env()
     rank, world_size = (0, 1) if found is None else found[:2]
@@ -289,7 +288,6 @@ def _train(args: argparse.Namespace) -> int:
 
     if Key.obsp.spatial_connectivities not in adata.obsp:
         pp.spatial_graph(adata, spatial_key=args.spatial_key, section_key=args.section_key)
-    connectome_key = Key.obsp.connectome_connectivities
     if args.connectivity is not None:
         options: dict = {"decay": args.decay, "spatial_key": args.spatial_key}
         if args.threshold is not None:
@@ -299,9 +297,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.regions_key is not None:
             options["regions_key"] = args.regions_key
         pp.connectivity(adata, str(args.connectivity), **options)
-    elif connectome_key not in adata.obsp:
-        connectome_key = Key.obsp.spatial_connectivities
-        logg.info("    no connectome: spatial-only mode, the spatial graph stands in for it")
+    connectome_key = connectome_key_or_spatial(adata, fc_given=args.connectivity is not None)
 
     train_kwargs: dict = {
         "device": args.device,
@@ -319,8 +315,8 @@ def _train(args: argparse.Namespace) -> int:
         "use_rep": args.use_rep,
     }
     train_kwargs.update({k: v for k, v in optional.items() if v is not None})
+    # trains, then embeds every cell (data-parallel too when launched so)
     model = tl.train(adata, connectome_graph_key=connectome_key, **train_kwargs)
-    tl.embed(adata, model=model, device=args.device, distributed=distributed)
     if rank > 0:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .._constants import Key
 from .._io import atomic_write
 from .._utils import check_adata
 
@@ -142,7 +143,7 @@ def category_colors(
     categories = list(categories)
     n = len(categories)
     if palette is None:
-        stored = None if adata is None or key is None else adata.uns.get(f"{key}_colors")
+        stored = None if adata is None or key is None else adata.uns.get(Key.colors(key))
         usable = stored is not None and len(stored) >= n
         if usable and all(mcolors.is_color_like(c) for c in stored):
             colors = list(stored[:n])

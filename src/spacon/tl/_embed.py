@@ -1,68 +1,72 @@
-"""``sp.tl.embed``: layer-wise inference of both encoders on the full graphs."""
+"""``sp.tl.embed``: write a model's latent representation to an AnnData."""
 
 from __future__ import annotations
 
-import numpy as np
-import scanpy as sc
+import os
+from typing import Any
+
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import Key
-from .._core._graph import CSR, remove_self_loops
-from .._core import _distributed
-from .._core._trainer import FeatureMatrix, infer
-from .._utils import check_adata, check_graph, check_memory_budget
-from ._model import SpaconModel, lookup, resolve_device
-from ._train import CONNECTOME_HINT, SPATIAL_HINT, _check_positive_int
+from .._constants import DEFAULT_KEY, Key
+from .._utils import check_adata
+from .._validators import check_bool, check_key_added, check_positive_int
+from ._inputs import describe_source
+from ._model import Latent, SpaconModel
 
 _NO_MODEL = (
-    "no trained model for this AnnData: run `sp.tl.train(adata)` or pass "
-    "`model=SpaconModel.load(dir)`"
+    "run `sp.tl.train(adata)`: it writes the embeddings itself (`embed=True`) and returns the "
+    "model. To embed other data or under another `key_added`, pass that model "
+    "(`sp.tl.embed(adata, model)`) or the folder it was saved to with `model.save(dir)` "
+    "(`sp.tl.embed(adata, dir)`)."
 )
 
 
-def _find_model(adata: AnnData, train_key: str) -> SpaconModel:
-    record = adata.uns.get(train_key)
-    model_id = record.get("model_id") if isinstance(record, dict) else None
-    model = lookup(str(model_id)) if model_id is not None else None
+def resolve_model(model: object, adata: AnnData) -> SpaconModel:
+    """``model`` as a :class:`SpaconModel`: the object itself, or loaded from its folder."""
+    if isinstance(model, SpaconModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return SpaconModel.load(model, adata)
     if model is None:
-        detail = (
-            f" (`adata.uns[{train_key!r}]` names model {model_id!r}, which is not loaded in "
-            "this Python session)"
-            if model_id is not None
-            else ""
-        )
-        raise ValueError(_NO_MODEL + detail + ".")
-    return model
+        raise ValueError(f"No model given; {_NO_MODEL}")
+    raise TypeError(
+        f"`model` must be a SpaconModel (from `sp.tl.train` or `SpaconModel.load`) or the "
+        f"folder of a saved model, got {type(model).__name__}."
+    )
 
 
 def embed(
     adata: AnnData,
+    model: SpaconModel | str | os.PathLike | None = None,
     *,
-    model: SpaconModel | None = None,
+    key_added: str = DEFAULT_KEY,
     batch_size: int = 8192,
     device: str | torch.device = "auto",
     reconstruction: bool = False,
-    train_key: str = Key.uns.train,
     distributed: bool = False,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
-    """Embed every cell with the trained encoders, using all neighbours of both graphs.
+    """Embed every cell with a trained model and store both embeddings.
 
-    Inference runs layer by layer over all cells (eval mode: no dropout, BatchNorm running
-    statistics), ``batch_size`` cells at a time, each encoder on its own graph, so memory
-    stays bounded by the layer widths and one chunk's edges.
+    :func:`spacon.tl.train` calls this for you (``embed=True``); call it yourself to embed
+    other data with the same features and graphs, to store under another ``key_added``, or
+    to add the reconstruction. The model computes
+    (:meth:`~spacon.tl.SpaconModel.get_latent_representation`: layer-wise inference over
+    all neighbours, ``batch_size`` cells at a time); this function only writes.
 
     Parameters
     ----------
     adata
         The annotated data (same features and graph keys as for training).
     model
-        A trained :class:`~spacon.tl.SpaconModel`; by default the one :func:`spacon.tl.train`
-        fitted on ``adata`` in this Python session (found through
-        ``adata.uns[train_key]['model_id']``).
+        The :class:`~spacon.tl.SpaconModel` :func:`spacon.tl.train` returned, or the folder a
+        model was saved to (:meth:`~spacon.tl.SpaconModel.save`).
+    key_added
+        Names every output (see Returns); the default gives ``obsm["X_spacon_spatial"]``
+        and ``obsm["X_spacon_connectome"]``.
     batch_size
         Cells per inference chunk.
     device
@@ -72,8 +76,6 @@ def embed(
         ``n_obs x n_features`` array: the call fails fast, before computing anything, when
         it would not fit the memory budget, ``$SPACON_MAX_MEMORY`` or 80% of the available
         memory).
-    train_key
-        ``adata.uns`` key of the training record (``key_added`` of :func:`spacon.tl.train`).
     distributed
         Share the work between the processes of a ``torchrun``/``srun`` launch (call
         ``embed`` with the same data in every process, e.g. after
@@ -87,105 +89,81 @@ def embed(
 
     Returns
     -------
-    ``None``, or the copy when ``copy=True``. Sets
+    ``None``, or the copy when ``copy=True``. Sets (keys from
+    :meth:`spacon.Key.embedding` of ``key_added``)
 
-    - ``adata.obsm['X_spacon_spatial']``: spatial-encoder bottleneck (``float32``),
-    - ``adata.obsm['X_spacon_connectome']``: connectome-encoder bottleneck (``float32``),
-    - ``adata.layers['spacon_reconstruction']`` when ``reconstruction=True`` (in ``obsm``
-      under the same name when the model was trained on ``use_rep``).
+    - ``adata.obsm[f"X_{key_added}_spatial"]``: spatial-encoder bottleneck (``float32``),
+    - ``adata.obsm[f"X_{key_added}_connectome"]``: connectome-encoder bottleneck,
+    - ``adata.layers[f"{key_added}_reconstruction"]`` when ``reconstruction=True`` (in
+      ``obsm`` under the same name when the model was trained on ``use_rep``),
+    - ``adata.uns[f"{key_added}_embed"]``: the keys above (``spatial_key``,
+      ``connectome_key``, ``reconstruction_key``) and ``params``.
 
     Examples
     --------
-    >>> model = sp.tl.train(adata)
-    >>> sp.tl.embed(adata)
-    >>> adata.obsm["X_spacon_spatial"].shape
+    >>> model = sp.tl.train(adata)                   # also writes obsm["X_spacon_spatial"], ...
+    >>> sp.tl.embed(other, model)                    # same genes and graph keys
+    >>> model.save("spacon_model")
+    >>> sp.tl.embed(other, "spacon_model", key_added="reloaded")
+    >>> other.obsm["X_reloaded_spatial"].shape
     """
     check_adata(adata, allow_view=copy)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    dev = resolve_device(device)
-    if not isinstance(distributed, bool):
-        raise ValueError(f"`distributed` must be True or False, got {distributed!r}.")
-    if model is None:
-        model = _find_model(adata, train_key)
-    elif not isinstance(model, SpaconModel):
-        raise TypeError(
-            f"`model` must be a SpaconModel (from `sp.tl.train` or `SpaconModel.load`), "
-            f"got {type(model).__name__}."
-        )
-    data, _ = model.check_adata(adata)
-    if data.shape[0] != adata.n_obs:
-        raise ValueError(f"the model's input has {data.shape[0]} rows, expected {adata.n_obs}.")
-    cfg = model.config
-    con = check_graph(adata, cfg["connectome_graph_key"], hint=CONNECTOME_HINT)
-    spa = check_graph(adata, cfg["spatial_graph_key"], hint=SPATIAL_HINT)
-    con_csr = remove_self_loops(CSR.from_scipy(con))
-    spa_csr = remove_self_loops(CSR.from_scipy(spa))
-    for graph, key in ((con_csr, cfg["connectome_graph_key"]), (spa_csr, cfg["spatial_graph_key"])):
-        if graph.nnz and not np.isfinite(graph.weights).all():
-            raise ValueError(f"`adata.obsp[{key!r}]` contains NaN or infinite weights.")
-        if cfg["use_weights"] and graph.nnz and (graph.weights < 0).any():
-            raise ValueError(
-                f"`adata.obsp[{key!r}]` has negative weights but the model uses edge weights."
-            )
-
-    widths = sum(int(d) for d in model.hidden_dims[1:])
-    n_features = int(data.shape[1])
-    per_cell = 2 * widths + (widths + 2 * n_features if reconstruction else 0)
-    check_memory_budget(
-        4 * adata.n_obs * per_cell,
-        f"Embedding {adata.n_obs} cells"
-        + (f" with the {n_features}-feature reconstruction" if reconstruction else ""),
-        "Pass `reconstruction=False` (the embeddings alone need far less)."
-        if reconstruction
-        else "Embed a subset of the cells (`adata[mask].copy()`) or use a narrower model.",
+    check_key_added(key_added)
+    batch_size = check_positive_int("batch_size", batch_size)
+    check_bool("reconstruction", reconstruction)
+    check_bool("distributed", distributed)
+    model = resolve_model(model, adata)
+    latent = model.get_latent_representation(
+        adata,
+        batch_size=batch_size,
+        device=device,
+        reconstruction=reconstruction,
+        distributed=distributed,
+        progress=progress,
     )
-    ctx = None
-    if distributed:
-        ctx = _distributed.init(dev)
-        dev = ctx.device
-        if adata.n_obs < ctx.world_size:
-            raise ValueError(
-                f"{adata.n_obs} cells are too few for {ctx.world_size} processes; run fewer."
-            )
-    start = logg.info(f"embedding {adata.n_obs} cells with spacon (device {dev})")
-    param = next(model.module.parameters())
-    home = param.device
-    try:
-        z_con, z_spa, x_hat = infer(
-            model.module,
-            FeatureMatrix(data),
-            con_csr,
-            spa_csr,
-            chunk_size=batch_size,
-            device=dev,
-            use_weights=bool(cfg["use_weights"]),
-            reconstruction=reconstruction,
-            progress=progress and sc.settings.verbosity >= 2 and (ctx is None or ctx.is_main),
-            dist=ctx,
-        )
-    finally:
-        model.module.to(home)
-    if not (np.isfinite(z_con).all() and np.isfinite(z_spa).all()):
-        raise ValueError(
-            "The embeddings contain NaN or infinite values: the model's weights or the input "
-            "are not finite (training diverged?). Retrain with `sp.tl.train(adata, lr=...)` "
-            "using a lower learning rate, and check the features for extreme values."
-        )
-
     if copy:
         adata = adata.copy()
-    adata.obsm[Key.obsm.spatial_embedding] = np.ascontiguousarray(z_spa, dtype=np.float32)
-    adata.obsm[Key.obsm.connectome_embedding] = np.ascontiguousarray(z_con, dtype=np.float32)
-    added = [
-        f"'obsm[{Key.obsm.spatial_embedding!r}]'",
-        f"'obsm[{Key.obsm.connectome_embedding!r}]'",
-    ]
-    if reconstruction:
-        if cfg["features"]["source"] == "obsm":
-            adata.obsm[Key.layers.reconstruction] = x_hat
-            added.append(f"'obsm[{Key.layers.reconstruction!r}]'")
-        else:
-            adata.layers[Key.layers.reconstruction] = x_hat
-            added.append(f"'layers[{Key.layers.reconstruction!r}]'")
-    logg.info("    finished", time=start, deep="added\n    " + ", ".join(added))
+    write_latent(adata, model, latent, key_added=key_added)
     return adata if copy else None
+
+
+def embedding_metadata(
+    model: SpaconModel, key_added: str, *, reconstruction: bool
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Where :func:`embed` writes (``{"spatial": obsm key, ...}``) and its ``uns`` record,
+    so that no output key is spelled twice (scanpy's ``neighbors._get_metadata`` pattern)."""
+    keys = Key.embedding(key_added)
+    where = {"spatial": keys.spatial, "connectome": keys.connectome}
+    record: dict[str, Any] = {"spatial_key": keys.spatial, "connectome_key": keys.connectome}
+    if reconstruction:
+        where["reconstruction"] = keys.reconstruction
+        record["reconstruction_key"] = keys.reconstruction
+    cfg = model.config
+    record["params"] = {
+        "features": describe_source(cfg["features"]),
+        "spatial_graph_key": cfg["spatial_graph_key"],
+        "connectome_graph_key": cfg["connectome_graph_key"],
+        "hidden_dims": [int(d) for d in cfg["hidden_dims"]],
+        "fusion": cfg["fusion"],
+        "use_weights": bool(cfg["use_weights"]),
+        "reconstruction": bool(reconstruction),
+    }
+    return where, record
+
+
+def write_latent(adata: AnnData, model: SpaconModel, latent: Latent, *, key_added: str) -> None:
+    """Store ``latent`` under the keys of ``key_added`` and record where, with the params."""
+    where, record = embedding_metadata(
+        model, key_added, reconstruction=latent.reconstruction is not None
+    )
+    adata.obsm[where["spatial"]] = latent.spatial
+    adata.obsm[where["connectome"]] = latent.connectome
+    added = [f"'obsm[{where['spatial']!r}]'", f"'obsm[{where['connectome']!r}]'"]
+    if latent.reconstruction is not None:
+        slot = "obsm" if model.config["features"]["source"] == "obsm" else "layers"
+        getattr(adata, slot)[where["reconstruction"]] = latent.reconstruction
+        added.append(f"'{slot}[{where['reconstruction']!r}]'")
+    uns_key = Key.embedding(key_added).uns
+    adata.uns[uns_key] = record
+    added.append(f"'uns[{uns_key!r}]'")
+    logg.hint("added\n    " + ", ".join(added))

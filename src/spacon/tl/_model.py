@@ -1,40 +1,45 @@
-"""The user-facing model object: the trained network plus what is needed to use it again."""
+"""The user-facing model object: the trained network, its configuration, and its inference.
+
+:class:`SpaconModel` owns everything that needs the network: reading its input from an
+AnnData (through :mod:`spacon.tl._inputs`), computing the latent representation
+(:meth:`SpaconModel.get_latent_representation`), saving and loading. :func:`spacon.tl.embed`
+only writes what the model computes. There is no hidden registry: a model is the object
+:func:`spacon.tl.train` returns, or a folder written by :meth:`SpaconModel.save`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp_sparse
+import scanpy as sc
 import torch
 from anndata import AnnData
+from scanpy import logging as logg
 
-from .._core._module import SpaconNet
+from .._core import DistContext, SpaconNet, infer, init_distributed
+from .._io import atomic_write
+from .._utils import check_memory_budget
+from ._inputs import ModelInputs, describe_source, get_features, model_inputs
 
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.pt"
 _FORMAT_VERSION = 1
-_REGISTRY_SIZE = 8
-_REGISTRY: OrderedDict[str, SpaconModel] = OrderedDict()
 
 
-def register(model: SpaconModel) -> None:
-    """Remember ``model`` (the last few only) so that :func:`spacon.tl.embed` finds it by id."""
-    _REGISTRY[model.model_id] = model
-    _REGISTRY.move_to_end(model.model_id)
-    while len(_REGISTRY) > _REGISTRY_SIZE:
-        _REGISTRY.popitem(last=False)
+class Latent(NamedTuple):
+    """What :meth:`SpaconModel.get_latent_representation` returns (numpy ``float32``)."""
 
-
-def lookup(model_id: str) -> SpaconModel | None:
-    return _REGISTRY.get(model_id)
+    #: spatial-encoder bottleneck, ``n_obs x d``
+    spatial: np.ndarray
+    #: connectome-encoder bottleneck, ``n_obs x d``
+    connectome: np.ndarray
+    #: decoder output, ``n_obs x n_features``, when asked for
+    reconstruction: np.ndarray | None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -52,88 +57,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-# ------------------------------------------------------------------------------ features
-
-
-def feature_source(layer: str | None, use_rep: str | None) -> dict[str, str]:
-    if layer is not None and use_rep is not None:
-        raise ValueError("Pass at most one of `layer` and `use_rep`.")
-    if layer is not None:
-        return {"source": "layer", "key": str(layer)}
-    if use_rep is not None:
-        return {"source": "obsm", "key": str(use_rep)}
-    return {"source": "X"}
-
-
-def describe_source(source: dict[str, str]) -> str:
-    if source["source"] == "layer":
-        return f"adata.layers[{source['key']!r}]"
-    if source["source"] == "obsm":
-        return f"adata.obsm[{source['key']!r}]"
-    return "adata.X"
-
-
-def get_features(
-    adata: AnnData, source: dict[str, str]
-) -> tuple[np.ndarray | sp_sparse.spmatrix, list[str] | None]:
-    """The feature matrix named by ``source`` (validated: numeric, finite) and its names."""
-    where = describe_source(source)
-    if source["source"] == "layer":
-        if source["key"] not in adata.layers:
-            raise KeyError(
-                f"Layer {source['key']!r} not found in `adata.layers` "
-                f"(available: {list(adata.layers.keys())}). Pass an existing `layer=`, "
-                "or leave it out to use `adata.X`."
-            )
-        data, names = adata.layers[source["key"]], list(map(str, adata.var_names))
-    elif source["source"] == "obsm":
-        if source["key"] not in adata.obsm:
-            raise KeyError(
-                f"{where} not found (available: {list(adata.obsm.keys())}). "
-                f"Compute it first, e.g. `sc.pp.pca(adata)` for 'X_pca', or pass another "
-                "`use_rep=`."
-            )
-        data = adata.obsm[source["key"]]
-        names = None
-        if isinstance(data, pd.DataFrame):
-            names = list(map(str, data.columns))
-            data = data.to_numpy()
-    else:
-        if adata.X is None:
-            raise ValueError("`adata.X` is empty; pass `layer=` or `use_rep=`.")
-        data, names = adata.X, list(map(str, adata.var_names))
-    if not sp_sparse.issparse(data):
-        data = np.asarray(data)
-        if data.ndim != 2:
-            raise ValueError(f"{where} must be 2-dimensional, got shape {data.shape}.")
-    if data.shape[1] == 0:
-        raise ValueError(f"{where} has no features (0 columns).")
-    values = data.data if sp_sparse.issparse(data) else data
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool) or np.iscomplexobj(
-        values
-    ):
-        raise TypeError(f"{where} must hold real numbers, got dtype {values.dtype}.")
-    if values.ndim == 2:
-        step = max(1, 2**24 // max(1, values.shape[1]))
-        finite = all(np.isfinite(values[i : i + step]).all() for i in range(0, len(values), step))
-    else:
-        finite = bool(np.isfinite(values).all())
-    if not finite:
-        raise ValueError(
-            f"{where} contains NaN or infinite values; fix or drop them before training "
-            "(e.g. `sc.pp.log1p` on raw counts, then check for NaN)."
-        )
-    return data, names
-
-
 # --------------------------------------------------------------------------------- model
 
 
 class SpaconModel:
     """A trained spacon network with the configuration needed to use it again.
 
-    Returned by :func:`spacon.tl.train`; pass it to :func:`spacon.tl.embed`, or
-    :meth:`save` it and :meth:`load` it in another session.
+    Returned by :func:`spacon.tl.train`. It computes the latent representation of any
+    AnnData with the same features and graphs (:meth:`get_latent_representation`, which
+    :func:`spacon.tl.embed` writes to ``adata``); :meth:`save` it to a folder and
+    :meth:`load` it (or pass the folder to :func:`spacon.tl.embed`) in another session.
 
     Attributes
     ----------
@@ -148,8 +81,7 @@ class SpaconModel:
     --------
     >>> model = sp.tl.train(adata)
     >>> model.save("spacon_model")
-    >>> model = sp.tl.SpaconModel.load("spacon_model", adata)
-    >>> sp.tl.embed(adata, model=model)
+    >>> sp.tl.embed(other, "spacon_model")  # or SpaconModel.load("spacon_model", other)
     """
 
     def __init__(self, module: SpaconNet, config: dict[str, Any]) -> None:
@@ -178,16 +110,32 @@ class SpaconModel:
             f"features={src}, epochs_trained={len(self.history)})"
         )
 
-    # -- checks
-    def check_adata(self, adata: AnnData) -> tuple[np.ndarray | sp_sparse.spmatrix, list | None]:
-        """Return the model's input features from ``adata``, or fail if they don't match."""
+    # -- input
+    def inputs(self, adata: AnnData) -> ModelInputs:
+        """The model's input from ``adata`` (features and both graphs), checked against the
+        model: same number, names and order of features, usable graph weights."""
+        cfg = self.config
+        inputs = model_inputs(
+            adata,
+            cfg["features"],
+            spatial_graph_key=cfg["spatial_graph_key"],
+            connectome_graph_key=cfg["connectome_graph_key"],
+            weighted_attention=bool(cfg["use_weights"]),
+        )
+        self._check_features(inputs.n_features, inputs.feature_names, inputs.where)
+        return inputs
+
+    def check_adata(self, adata: AnnData) -> None:
+        """Fail with the fix named unless ``adata`` holds the features the model was trained on."""
         data, names = get_features(adata, self.config["features"])
-        where = describe_source(self.config["features"])
+        self._check_features(int(data.shape[1]), names, describe_source(self.config["features"]))
+
+    def _check_features(self, n_features: int, names: list[str] | None, where: str) -> None:
         expected = int(self.config["n_features"])
-        if data.shape[1] != expected:
+        if n_features != expected:
             raise ValueError(
                 f"The model was trained on {expected} features but {where} has "
-                f"{data.shape[1]}. Use the AnnData the model was trained on (same genes, "
+                f"{n_features}. Use the AnnData the model was trained on (same genes, "
                 "same order) or train a new model with `sp.tl.train(adata)`."
             )
         saved = self.config.get("feature_names")
@@ -200,7 +148,124 @@ class SpaconModel:
                 f"{names[i]!r} instead of {saved[i]!r}). Subset/reorder the genes to match, "
                 "e.g. `adata = adata[:, model.config['feature_names']].copy()`."
             )
-        return data, names
+
+    # -- inference
+    def get_latent_representation(
+        self,
+        adata: AnnData,
+        *,
+        batch_size: int = 8192,
+        device: str | torch.device = "auto",
+        reconstruction: bool = False,
+        distributed: bool | DistContext = False,
+        progress: bool = True,
+    ) -> Latent:
+        """Embed every cell of ``adata`` with both encoders, using all neighbours of both graphs.
+
+        Inference runs layer by layer over all cells (eval mode: no dropout, BatchNorm
+        running statistics), ``batch_size`` cells at a time, each encoder on its own graph,
+        so memory stays bounded by the layer widths and one chunk's edges. Nothing is
+        written to ``adata``; :func:`spacon.tl.embed` stores the result.
+
+        Parameters
+        ----------
+        adata
+            The annotated data (same features and graph keys as for training).
+        batch_size
+            Cells per inference chunk.
+        device
+            ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        reconstruction
+            Also run the decoder (a dense ``n_obs x n_features`` array; fails fast, before
+            computing anything, when it would not fit the memory budget).
+        distributed
+            Share the work between the processes of a ``torchrun``/``srun`` launch (see
+            :func:`spacon.tl.embed`).
+        progress
+            Show a progress bar (also needs scanpy's verbosity at ``info`` or above).
+
+        Returns
+        -------
+        The spatial and connectome bottlenecks and, when asked, the reconstruction.
+
+        Examples
+        --------
+        >>> latent = model.get_latent_representation(adata)
+        >>> latent.spatial.shape
+        """
+        return self.latent_of(
+            self.inputs(adata),
+            batch_size=batch_size,
+            device=device,
+            reconstruction=reconstruction,
+            distributed=distributed,
+            progress=progress,
+        )
+
+    def latent_of(
+        self,
+        inputs: ModelInputs,
+        *,
+        batch_size: int = 8192,
+        device: str | torch.device = "auto",
+        reconstruction: bool = False,
+        distributed: bool | DistContext = False,
+        progress: bool = True,
+    ) -> Latent:
+        """:meth:`get_latent_representation` of inputs already read (by :func:`spacon.tl.train`)."""
+        dev = resolve_device(device)
+        n_obs, n_features = inputs.n_obs, inputs.n_features
+        widths = sum(int(d) for d in self.hidden_dims[1:])
+        per_cell = 2 * widths + (widths + 2 * n_features if reconstruction else 0)
+        check_memory_budget(
+            4 * n_obs * per_cell,
+            f"Embedding {n_obs} cells"
+            + (f" with the {n_features}-feature reconstruction" if reconstruction else ""),
+            "Pass `reconstruction=False` (the embeddings alone need far less)."
+            if reconstruction
+            else "Embed a subset of the cells (`adata[mask].copy()`) or use a narrower model.",
+        )
+        ctx = None
+        if isinstance(distributed, DistContext):
+            ctx = distributed
+        elif distributed:
+            ctx = init_distributed(dev)
+        if ctx is not None:
+            dev = ctx.device
+            if n_obs < ctx.world_size:
+                raise ValueError(
+                    f"{n_obs} cells are too few for {ctx.world_size} processes; run fewer."
+                )
+        start = logg.info(f"embedding {n_obs} cells with spacon (device {dev})")
+        home = next(self.module.parameters()).device
+        try:
+            z_con, z_spa, x_hat = infer(
+                self.module,
+                inputs.features,
+                inputs.connectome,
+                inputs.spatial,
+                chunk_size=batch_size,
+                device=dev,
+                use_weights=bool(self.config["use_weights"]),
+                reconstruction=reconstruction,
+                progress=progress and sc.settings.verbosity >= 2 and (ctx is None or ctx.is_main),
+                dist=ctx,
+            )
+        finally:
+            self.module.to(home)
+        if not (np.isfinite(z_con).all() and np.isfinite(z_spa).all()):
+            raise ValueError(
+                "The embeddings contain NaN or infinite values: the model's weights or the "
+                "input are not finite (training diverged?). Retrain with "
+                "`sp.tl.train(adata, lr=...)` using a lower learning rate, and check the "
+                "features for extreme values."
+            )
+        logg.info("    finished", time=start)
+        return Latent(
+            spatial=np.ascontiguousarray(z_spa, dtype=np.float32),
+            connectome=np.ascontiguousarray(z_con, dtype=np.float32),
+            reconstruction=x_hat,
+        )
 
     # -- persistence
     def save(self, dir_path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -230,11 +295,9 @@ class SpaconModel:
         path.mkdir(parents=True, exist_ok=True)
         config = {"format_version": _FORMAT_VERSION, **self.config}
         state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-        _atomic_write(targets[1], lambda f: torch.save(state, f))
-        _atomic_write(
-            targets[0],
-            lambda f: f.write(json.dumps(config, indent=1, default=_json_default).encode()),
-        )
+        text = json.dumps(config, indent=1, default=_json_default)
+        atomic_write(targets[1], lambda tmp: torch.save(state, tmp))
+        atomic_write(targets[0], lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(
@@ -281,14 +344,7 @@ class SpaconModel:
         model = cls(net, config)
         if adata is not None:
             model.check_adata(adata)
-        register(model)
         return model
-
-    def embed(self, adata: AnnData, **kwargs: Any) -> AnnData | None:
-        """Shortcut for ``sp.tl.embed(adata, model=self, **kwargs)``."""
-        from ._embed import embed
-
-        return embed(adata, model=self, **kwargs)
 
 
 def _json_default(obj: Any) -> Any:
@@ -297,15 +353,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"cannot store {type(obj).__name__} in the model configuration")
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -125,7 +125,7 @@ def refine(
             f"got {n_neighbors!r}."
         )
     if key_added is None:
-        key_added = f"{key}_refined"
+        key_added = Key.refined(key)
     elif not isinstance(key_added, str) or not key_added:
         raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
     coords = get_coordinates(adata, spatial_key=spatial_key)
@@ -168,9 +168,9 @@ def refine(
     if section_key is not None:
         params["section_key"] = section_key
     adata.uns[key_added] = {"params": params, "n_changed": n_changed}
-    colors = adata.uns.get(f"{key}_colors")
+    colors = adata.uns.get(Key.colors(key))
     if colors is not None and len(colors) == len(labels.categories):
-        adata.uns[f"{key_added}_colors"] = list(colors)
+        adata.uns[Key.colors(key_added)] = list(colors)
     logg.info(
         "    finished",
         time=start,

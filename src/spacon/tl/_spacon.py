@@ -13,7 +13,7 @@ from .. import pp
 from .._constants import Key
 from .._utils import check_adata, rollback_on_error
 from ._cluster import _check_cluster_options, _is_int, builds_graph, cluster
-from ._embed import embed
+from ._inputs import connectome_key_or_spatial
 from ._refine import refine as refine_domains
 from ._train import train
 
@@ -107,21 +107,12 @@ def spacon(
             )
         else:
             logg.info(f"    using the existing `obsp[{Key.obsp.spatial_connectivities!r}]`")
-        connectome_key = Key.obsp.connectome_connectivities
         if fc is not None:
             options = {"spatial_key": spatial_key, **dict(connectivity_kwargs or {})}
             pp.connectivity(adata, fc, **options)
-        elif connectome_key in adata.obsp:
-            logg.info(f"    using the existing `obsp[{connectome_key!r}]`")
-        else:
-            connectome_key = Key.obsp.spatial_connectivities
-            logg.info(
-                "    no connectome given: spatial-only mode, the spatial graph stands in for "
-                "the connectome"
-            )
-        options = {"random_state": random_state, **dict(train_kwargs or {})}
-        model = train(adata, connectome_graph_key=connectome_key, **options)
-        embed(adata, model=model)
+        connectome_key = connectome_key_or_spatial(adata, fc_given=fc is not None)
+        options = {"random_state": random_state, **dict(train_kwargs or {}), "embed": True}
+        train(adata, connectome_graph_key=connectome_key, **options)
         cluster(
             adata,
             alpha=alpha,

@@ -1,12 +1,17 @@
-"""``sp.tl.train``: fit the dual graph-attention autoencoder."""
+"""``sp.tl.train``: fit the dual graph-attention autoencoder, then embed every cell.
+
+:func:`train` is a short sequence of named steps: check the options, read the inputs
+(:func:`spacon.tl._inputs.model_inputs`), choose the mode, fit the network (the loop is
+:func:`spacon._core.train_network`), then record and embed.
+"""
 
 from __future__ import annotations
 
-import numbers
 import os
 import zlib
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import scanpy as sc
@@ -14,55 +19,34 @@ import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import Key
-from .._core import _distributed
-from .._core._checkpoint import Checkpointer
-from .._core._graph import CSR, remove_self_loops
-from .._core._module import FUSIONS, SpaconNet
-from .._core._trainer import FeatureMatrix, TrainConfig, train_network
-from .._utils import (
-    check_adata,
-    check_graph,
-    check_memory_budget,
-    feature_warnings,
-    memory_budget,
+from .._constants import DEFAULT_KEY, Key
+from .._core import (
+    FUSIONS,
+    Checkpointer,
+    DistContext,
+    SpaconNet,
+    TrainConfig,
+    TrainResult,
+    init_distributed,
+    train_network,
 )
-from ._model import (
-    SpaconModel,
-    describe_source,
-    feature_source,
-    get_features,
-    register,
-    resolve_device,
+from .._utils import check_adata, check_memory_budget, feature_warnings, memory_budget
+from .._validators import (
+    check_bool,
+    check_key_added,
+    check_number,
+    check_positive_int,
+    is_int,
 )
+from ._embed import write_latent
+from ._inputs import ModelInputs, feature_source, model_inputs
+from ._model import SpaconModel, resolve_device
 
 #: defaults that depend on the training mode (see :func:`train`)
 _EPOCHS = {"minibatch": 10, "full_batch": 60}
 _LR = {"minibatch": 1e-4, "full_batch": 1e-3}
-#: how to build the graphs, named in errors
-SPATIAL_HINT = "sp.pp.spatial_graph(adata)"
-CONNECTOME_HINT = "sp.pp.connectivity(adata, fc)"
 #: "auto" trains full-batch when the activations of one step fit in this many bytes
 _FULL_BATCH_BYTES = 2 * 1024**3
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_number(name: str, value: object, *, low: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    if value < low or (strict and value == low):
-        sign = ">" if strict else ">="
-        raise ValueError(f"`{name}` must be {sign} {low}, got {value!r}.")
-    return float(value)
 
 
 def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> list[int]:
@@ -75,7 +59,7 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> l
             f"got {hidden_dims!r}."
         )
     dims = list(hidden_dims)
-    if not dims or not all(_is_int(d) and d > 0 for d in dims):
+    if not dims or not all(is_int(d) and d > 0 for d in dims):
         raise ValueError(f"`hidden_dims` must be positive integers, got {hidden_dims!r}.")
     dims = [int(d) for d in dims]
     if len(dims) >= 2 and dims[0] == n_features:
@@ -86,19 +70,6 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> l
         f"`hidden_dims` {hidden_dims!r} does not fit the {n_features} input features: give "
         f"[{n_features}, d1, d2, d3] (first entry = number of features) or just [d1, d2, d3]."
     )
-
-
-def _check_graph_values(graph: CSR, key: str, *, positive: bool) -> None:
-    if graph.weights is None or graph.nnz == 0:
-        return
-    if not np.isfinite(graph.weights).all():
-        raise ValueError(f"`adata.obsp[{key!r}]` contains NaN or infinite weights.")
-    if positive and (graph.weights < 0).any():
-        raise ValueError(
-            f"`adata.obsp[{key!r}]` has negative weights, which cannot be used as attention "
-            "multipliers or sampling probabilities; keep `use_weights=False` and "
-            "`weighted_sampling=False`, or drop the negative entries."
-        )
 
 
 def train(
@@ -129,13 +100,17 @@ def train(
     checkpoint_every: int = 1,
     distributed: bool = False,
     progress: bool = True,
+    embed: bool = True,
     key_added: str = Key.uns.train,
 ) -> SpaconModel:
     """Train the dual graph-attention autoencoder on expression, spatial graph and connectome.
 
     Two encoders (one on the connectome graph, one on the spatial graph) learn to compress
-    the features; a decoder on the connectome graph reconstructs them. Embed cells with
-    :func:`spacon.tl.embed` afterwards.
+    the features; a decoder on the connectome graph reconstructs them. Like
+    :func:`scanpy.pp.pca`, which fits and transforms, it then embeds every cell
+    (``embed=True``): the embeddings are in ``adata.obsm`` when it returns. The returned
+    model embeds other data, or the same data under other keys, with
+    :func:`spacon.tl.embed`; save it with :meth:`~spacon.tl.SpaconModel.save`.
 
     Parameters
     ----------
@@ -219,14 +194,19 @@ def train(
         the same model. See the "Running on a cluster" page of the docs.
     progress
         Show a progress bar (also needs scanpy's verbosity at ``info`` or above).
+    embed
+        Embed every cell with the trained model, as ``sp.tl.embed(adata, model)`` does with
+        its defaults (``obsm["X_spacon_spatial"]``, ``obsm["X_spacon_connectome"]``,
+        ``uns["spacon_embed"]``; on the training ``device``; with ``distributed=True``
+        every rank embeds a share of the cells and gets all embeddings).
     key_added
         ``adata.uns`` key of the training record.
 
     Returns
     -------
     The trained :class:`~spacon.tl.SpaconModel`. Also sets ``adata.uns[key_added]``:
-    ``params``, ``loss`` (per epoch), ``model_id`` (how :func:`spacon.tl.embed` finds the
-    model in this Python session), ``n_epochs_run``, ``stopped_early``.
+    ``params``, ``loss`` (per epoch), ``n_epochs_run``, ``stopped_early``; and, with
+    ``embed=True``, the outputs of :func:`spacon.tl.embed`.
 
     Notes
     -----
@@ -247,88 +227,210 @@ def train(
     >>> import spacon as sp
     >>> sp.pp.spatial_graph(adata)
     >>> sp.pp.connectivity(adata, fc)
-    >>> model = sp.tl.train(adata)
-    >>> sp.tl.embed(adata)
+    >>> model = sp.tl.train(adata)                   # -> obsm["X_spacon_spatial"], ...
+    >>> model.save("spacon_model")
     """
     check_adata(adata)
-    # ------------------------------------------------------------- validate everything
-    if adata.n_obs < 2:
-        raise ValueError(f"Training needs at least 2 cells, got {adata.n_obs}.")
-    if fusion not in FUSIONS:
-        raise ValueError(f"`fusion` must be one of {FUSIONS}, got {fusion!r}.")
-    if full_batch not in (True, False, "auto"):
-        raise ValueError(f"`full_batch` must be True, False or 'auto', got {full_batch!r}.")
-    batch_size = _check_positive_int("batch_size", batch_size)
-    if n_epochs is not None:
-        n_epochs = _check_positive_int("n_epochs", n_epochs)
-    if isinstance(num_neighbors, (str, bytes)) or not isinstance(num_neighbors, Sequence):
-        raise ValueError(f"`num_neighbors` must be a list of integers, got {num_neighbors!r}.")
-    if not num_neighbors or not all(_is_int(k) and (k >= 1 or k == -1) for k in num_neighbors):
-        raise ValueError(
-            f"`num_neighbors` must be integers >= 1 (or -1 for all), got {num_neighbors!r}."
-        )
-    num_neighbors = [int(k) for k in num_neighbors]
-    if lr is not None:
-        lr = _check_number("lr", lr, low=0.0, strict=True)
-    weight_decay = _check_number("weight_decay", weight_decay, low=0.0)
-    if grad_clip is not None:
-        grad_clip = _check_number("grad_clip", grad_clip, low=0.0, strict=True)
-    dropout = _check_number("dropout", dropout, low=0.0)
-    if dropout >= 1:
-        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
-    patience = _check_positive_int("patience", patience)
-    min_delta = _check_number("min_delta", min_delta, low=0.0)
-    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every)
-    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise ValueError(f"`checkpoint_dir` must be a folder path, got {checkpoint_dir!r}.")
-    if not isinstance(distributed, bool):
-        raise ValueError(f"`distributed` must be True or False, got {distributed!r}.")
-    if distributed and full_batch is True:
-        raise ValueError(
-            "`distributed=True` trains on minibatches (each rank on its shard of the cells); "
-            "pass `full_batch=False` (or leave the default)."
-        )
-    if random_state is None and distributed:
-        raise ValueError(
-            "`distributed=True` needs the same `random_state` on every rank; pass an integer."
-        )
-    if random_state is None:
-        random_state = int(np.random.SeedSequence().generate_state(1)[0])
-    elif not _is_int(random_state) or random_state < 0:
-        raise ValueError(
-            f"`random_state` must be a non-negative integer or None, got {random_state!r}."
-        )
-    random_state = int(random_state)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
-    dev = resolve_device(device)
-    ctx = None
-    if distributed:
-        ctx = _distributed.init(dev)
-        dev = ctx.device
-        if adata.n_obs < 2 * ctx.world_size:
+    opts = _Options.check(
+        adata,
+        fusion=fusion,
+        full_batch=full_batch,
+        batch_size=batch_size,
+        n_epochs=n_epochs,
+        num_neighbors=num_neighbors,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        dropout=dropout,
+        patience=patience,
+        min_delta=min_delta,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        distributed=distributed,
+        random_state=random_state,
+        embed=embed,
+    )
+    check_key_added(key_added)
+    dev, ctx = _join_launch(adata, resolve_device(device), distributed=opts.distributed)
+    inputs = model_inputs(
+        adata,
+        feature_source(layer, use_rep),
+        spatial_graph_key=spatial_graph_key,
+        connectome_graph_key=connectome_graph_key,
+        weighted_attention=bool(use_weights),
+        weighted_sampling=bool(weighted_sampling),
+    )
+    dims = resolve_hidden_dims(hidden_dims, inputs.n_features)
+    mode = _choose_mode(opts.full_batch, inputs, dims, distributed=ctx is not None)
+    params = {
+        "spatial_graph_key": spatial_graph_key,
+        "connectome_graph_key": connectome_graph_key,
+        "features": inputs.where,
+        "hidden_dims": dims,
+        "fusion": fusion,
+        "use_weights": bool(use_weights),
+        "n_epochs": _EPOCHS[mode] if opts.n_epochs is None else opts.n_epochs,
+        "full_batch": mode == "full_batch",
+        "batch_size": opts.batch_size,
+        "num_neighbors": opts.num_neighbors,
+        "weighted_sampling": bool(weighted_sampling),
+        "lr": _LR[mode] if opts.lr is None else opts.lr,
+        "weight_decay": opts.weight_decay,
+        "grad_clip": 0.0 if opts.grad_clip is None else opts.grad_clip,
+        "dropout": opts.dropout,
+        "early_stopping": bool(early_stopping),
+        "patience": opts.patience,
+        "min_delta": opts.min_delta,
+        "device": str(dev),
+        "random_state": opts.random_state,
+        "world_size": 1 if ctx is None else ctx.world_size,
+    }
+    checkpoint = _checkpointer(checkpoint_dir, opts.checkpoint_every, params, inputs)
+    _warn_about_inputs(inputs, dims, widths_given=hidden_dims is not None)
+    start = logg.info(
+        f"training spacon ({mode.replace('_', '-')}, {params['n_epochs']} epochs, "
+        f"hidden_dims={dims}, {inputs.connectome.nnz} connectome and {inputs.spatial.nnz} "
+        f"spatial edges, device {dev})"
+    )
+    net, result = _fit(inputs, params, dev, ctx, checkpoint, progress=progress)
+    model = SpaconModel(
+        net,
+        {
+            "hidden_dims": dims,
+            "fusion": fusion,
+            "dropout": opts.dropout,
+            "use_weights": bool(use_weights),
+            "features": inputs.source,
+            "feature_names": inputs.feature_names,
+            "n_features": inputs.n_features,
+            "spatial_graph_key": spatial_graph_key,
+            "connectome_graph_key": connectome_graph_key,
+            "train_params": params,
+            "loss": result.loss.tolist(),
+        },
+    )
+    logg.info(f"    finished (final loss {result.loss[-1]:.4g})", time=start)
+    latent = None
+    if opts.embed:
+        latent = model.latent_of(inputs, device=dev, distributed=ctx, progress=progress)
+    adata.uns[key_added] = {
+        "params": params,
+        "loss": result.loss,
+        "n_epochs_run": len(result.loss),
+        "stopped_early": result.stopped_early,
+    }
+    logg.hint(f"added\n    'uns[{key_added!r}]', training record (params, loss)")
+    if latent is not None:
+        write_latent(adata, model, latent, key_added=DEFAULT_KEY)
+    return model
+
+
+# ------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class _Options:
+    """The checked options of :func:`train` that need more than passing through."""
+
+    full_batch: bool | Literal["auto"]
+    batch_size: int
+    n_epochs: int | None
+    num_neighbors: list[int]
+    lr: float | None
+    weight_decay: float
+    grad_clip: float | None
+    dropout: float
+    patience: int
+    min_delta: float
+    checkpoint_every: int
+    distributed: bool
+    random_state: int
+    embed: bool
+
+    @classmethod
+    def check(cls, adata: AnnData, **kw: Any) -> _Options:
+        """Validate every option before any data is read (training can take long)."""
+        if adata.n_obs < 2:
+            raise ValueError(f"Training needs at least 2 cells, got {adata.n_obs}.")
+        if kw["fusion"] not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {FUSIONS}, got {kw['fusion']!r}.")
+        full_batch = kw["full_batch"]
+        if full_batch not in (True, False, "auto"):
+            raise ValueError(f"`full_batch` must be True, False or 'auto', got {full_batch!r}.")
+        num_neighbors = kw["num_neighbors"]
+        if isinstance(num_neighbors, (str, bytes)) or not isinstance(num_neighbors, Sequence):
+            raise ValueError(f"`num_neighbors` must be a list of integers, got {num_neighbors!r}.")
+        if not num_neighbors or not all(is_int(k) and (k >= 1 or k == -1) for k in num_neighbors):
             raise ValueError(
-                f"{adata.n_obs} cells are too few for {ctx.world_size} processes (at least 2 "
-                "per process); run fewer processes."
+                f"`num_neighbors` must be integers >= 1 (or -1 for all), got {num_neighbors!r}."
             )
-
-    source = feature_source(layer, use_rep)
-    data, names = get_features(adata, source)
-    if data.shape[0] != adata.n_obs:
-        raise ValueError(
-            f"{describe_source(source)} has {data.shape[0]} rows, expected {adata.n_obs}."
+        lr, grad_clip = kw["lr"], kw["grad_clip"]
+        dropout = check_number("dropout", kw["dropout"], low=0.0)
+        if dropout >= 1:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
+        checkpoint_dir = kw["checkpoint_dir"]
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise ValueError(f"`checkpoint_dir` must be a folder path, got {checkpoint_dir!r}.")
+        distributed = check_bool("distributed", kw["distributed"])
+        if distributed and full_batch is True:
+            raise ValueError(
+                "`distributed=True` trains on minibatches (each rank on its shard of the "
+                "cells); pass `full_batch=False` (or leave the default)."
+            )
+        random_state = kw["random_state"]
+        if random_state is None and distributed:
+            raise ValueError(
+                "`distributed=True` needs the same `random_state` on every rank; pass an integer."
+            )
+        if random_state is None:
+            random_state = int(np.random.SeedSequence().generate_state(1)[0])
+        elif not is_int(random_state) or random_state < 0:
+            raise ValueError(
+                f"`random_state` must be a non-negative integer or None, got {random_state!r}."
+            )
+        n_epochs = kw["n_epochs"]
+        return cls(
+            full_batch=full_batch,
+            batch_size=check_positive_int("batch_size", kw["batch_size"]),
+            n_epochs=None if n_epochs is None else check_positive_int("n_epochs", n_epochs),
+            num_neighbors=[int(k) for k in num_neighbors],
+            lr=None if lr is None else check_number("lr", lr, low=0.0, strict=True),
+            weight_decay=check_number("weight_decay", kw["weight_decay"], low=0.0),
+            grad_clip=(
+                None if grad_clip is None
+                else check_number("grad_clip", grad_clip, low=0.0, strict=True)
+            ),
+            dropout=dropout,
+            patience=check_positive_int("patience", kw["patience"]),
+            min_delta=check_number("min_delta", kw["min_delta"], low=0.0),
+            checkpoint_every=check_positive_int("checkpoint_every", kw["checkpoint_every"]),
+            distributed=distributed,
+            random_state=int(random_state),
+            embed=check_bool("embed", kw["embed"]),
         )
-    n_features = int(data.shape[1])
-    dims = resolve_hidden_dims(hidden_dims, n_features)
 
-    con = check_graph(adata, connectome_graph_key, hint=CONNECTOME_HINT)
-    spa = check_graph(adata, spatial_graph_key, hint=SPATIAL_HINT)
-    con_csr = remove_self_loops(CSR.from_scipy(con))
-    spa_csr = remove_self_loops(CSR.from_scipy(spa))
-    _check_graph_values(con_csr, connectome_graph_key, positive=use_weights or weighted_sampling)
-    _check_graph_values(spa_csr, spatial_graph_key, positive=use_weights)
 
-    full_batch_bytes = 4 * adata.n_obs * (3 * n_features + 12 * sum(dims[1:]))
+def _join_launch(
+    adata: AnnData, dev: torch.device, *, distributed: bool
+) -> tuple[torch.device, DistContext | None]:
+    """The device and, with ``distributed``, this rank's context in the launch."""
+    if not distributed:
+        return dev, None
+    ctx = init_distributed(dev)
+    if adata.n_obs < 2 * ctx.world_size:
+        raise ValueError(
+            f"{adata.n_obs} cells are too few for {ctx.world_size} processes (at least 2 "
+            "per process); run fewer processes."
+        )
+    return ctx.device, ctx
+
+
+def _choose_mode(
+    full_batch: bool | Literal["auto"], inputs: ModelInputs, dims: list[int], *, distributed: bool
+) -> Literal["full_batch", "minibatch"]:
+    """``"full_batch"`` or ``"minibatch"``; explicit full-batch must fit the memory budget."""
+    n_obs, n_features = inputs.n_obs, inputs.n_features
+    full_batch_bytes = 4 * n_obs * (3 * n_features + 12 * sum(dims[1:]))
     if full_batch == "auto" and distributed:
         full_batch = False
     elif full_batch == "auto":
@@ -337,147 +439,110 @@ def train(
     elif full_batch:
         check_memory_budget(
             full_batch_bytes,
-            f"Full-batch training on {adata.n_obs} cells x {n_features} features",
+            f"Full-batch training on {n_obs} cells x {n_features} features",
             "Use `full_batch=False` (minibatches) or fewer input features, e.g. "
             "`use_rep='X_pca'`.",
         )
-    mode = "full_batch" if full_batch else "minibatch"
-    if n_epochs is None:
-        n_epochs = _EPOCHS[mode]
-    if lr is None:
-        lr = _LR[mode]
+    return "full_batch" if full_batch else "minibatch"
 
-    params = {
-        "spatial_graph_key": spatial_graph_key,
-        "connectome_graph_key": connectome_graph_key,
-        "features": describe_source(source),
-        "hidden_dims": dims,
-        "fusion": fusion,
-        "use_weights": bool(use_weights),
-        "n_epochs": n_epochs,
-        "full_batch": bool(full_batch),
-        "batch_size": batch_size,
-        "num_neighbors": num_neighbors,
-        "weighted_sampling": bool(weighted_sampling),
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "grad_clip": 0.0 if grad_clip is None else grad_clip,
-        "dropout": dropout,
-        "early_stopping": bool(early_stopping),
-        "patience": patience,
-        "min_delta": min_delta,
-        "device": str(dev),
-        "random_state": random_state,
-        "world_size": 1 if ctx is None else ctx.world_size,
-    }
-    checkpoint = None
-    if checkpoint_dir is not None:
-        fingerprint = {k: v for k, v in params.items() if k not in ("n_epochs", "device")}
-        fingerprint.update(
-            n_obs=int(adata.n_obs),
-            n_features=n_features,
-            connectome_edges=con_csr.nnz,
-            spatial_edges=spa_csr.nnz,
-            graphs_crc32=zlib.crc32(con_csr.indptr.tobytes() + spa_csr.indptr.tobytes()),
+
+def _checkpointer(
+    checkpoint_dir: str | os.PathLike | None,
+    every: int,
+    params: dict[str, Any],
+    inputs: ModelInputs,
+) -> Checkpointer | None:
+    """The run's checkpoint; one of another run fails here, before training."""
+    if checkpoint_dir is None:
+        return None
+    fingerprint = {k: v for k, v in params.items() if k not in ("n_epochs", "device")}
+    con, spa = inputs.connectome, inputs.spatial
+    fingerprint.update(
+        n_obs=int(inputs.n_obs),
+        n_features=inputs.n_features,
+        connectome_edges=con.nnz,
+        spatial_edges=spa.nnz,
+        graphs_crc32=zlib.crc32(con.indptr.tobytes() + spa.indptr.tobytes()),
+    )
+    checkpoint = Checkpointer(checkpoint_dir, every, fingerprint)
+    checkpoint.load()
+    if checkpoint.resume is not None:
+        logg.info(
+            f"    resuming from the checkpoint in {str(checkpoint_dir)!r} "
+            f"({checkpoint.resume['epoch']} of {params['n_epochs']} epochs done)"
         )
-        checkpoint = Checkpointer(checkpoint_dir, checkpoint_every, fingerprint)
-        checkpoint.load()  # a checkpoint of another run fails here, before training
+    return checkpoint
 
-    # ------------------------------------------------------------------------ train
-    for message in feature_warnings(data, describe_source(source)):
+
+def _warn_about_inputs(inputs: ModelInputs, dims: list[int], *, widths_given: bool) -> None:
+    """Warnings, not errors: raw counts, empty genes, isolated cells, too wide layers."""
+    for message in feature_warnings(inputs.features.data, inputs.where):
         logg.warning(message)
-    lonely = {
-        "connectome": int((con_csr.degrees() == 0).sum()),
-        "spatial": int((spa_csr.degrees() == 0).sum()),
-    }
-    for name, n_lonely in lonely.items():
+    for name, graph in (("connectome", inputs.connectome), ("spatial", inputs.spatial)):
+        n_lonely = int((graph.degrees() == 0).sum())
         if n_lonely:
             logg.warning(
-                f"{n_lonely} of {adata.n_obs} cells have no {name} neighbour: through the "
+                f"{n_lonely} of {inputs.n_obs} cells have no {name} neighbour: through the "
                 f"{name} graph such an isolated cell sees only its own features (self-loop); "
                 "see the Notes of `sp.tl.train`."
             )
-    if hidden_dims is not None and any(d > n_features for d in dims[1:]):
+    if widths_given and any(d > inputs.n_features for d in dims[1:]):
         logg.warning(
-            f"hidden_dims {dims} has layers wider than the {n_features} input features; "
+            f"hidden_dims {dims} has layers wider than the {inputs.n_features} input features; "
             "consider narrower `hidden_dims`."
         )
-    start = logg.info(
-        f"training spacon ({mode.replace('_', '-')}, {n_epochs} epochs, hidden_dims={dims}, "
-        f"{con_csr.nnz} connectome and {spa_csr.nnz} spatial edges, device {dev})"
-    )
-    if checkpoint is not None and checkpoint.resume is not None:
-        logg.info(
-            f"    resuming from the checkpoint in {str(checkpoint_dir)!r} "
-            f"({checkpoint.resume['epoch']} of {n_epochs} epochs done)"
-        )
-    if checkpoint is not None and (ctx is None or ctx.is_main):
-        checkpoint.remove_stale()
+
+
+def _fit(
+    inputs: ModelInputs,
+    params: dict[str, Any],
+    dev: torch.device,
+    ctx: DistContext | None,
+    checkpoint: Checkpointer | None,
+    *,
+    progress: bool,
+) -> tuple[SpaconNet, TrainResult]:
+    """Build the network from the seed and run the training loop (seeded, RNG-isolated)."""
+    seed = params["random_state"]
     config = TrainConfig(
-        n_epochs=n_epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        full_batch=bool(full_batch),
-        batch_size=batch_size,
-        num_neighbors=num_neighbors,
-        weighted_sampling=bool(weighted_sampling),
-        use_weights=bool(use_weights),
-        early_stopping=bool(early_stopping),
-        patience=patience,
-        min_delta=min_delta,
+        n_epochs=params["n_epochs"],
+        lr=params["lr"],
+        weight_decay=params["weight_decay"],
+        grad_clip=params["grad_clip"] or None,
+        full_batch=params["full_batch"],
+        batch_size=params["batch_size"],
+        num_neighbors=params["num_neighbors"],
+        weighted_sampling=params["weighted_sampling"],
+        use_weights=params["use_weights"],
+        early_stopping=params["early_stopping"],
+        patience=params["patience"],
+        min_delta=params["min_delta"],
         device=dev,
     )
-    rng = np.random.default_rng(random_state)
+    if checkpoint is not None and (ctx is None or ctx.is_main):
+        checkpoint.remove_stale()
+    rng = np.random.default_rng(seed)
     if ctx is not None:
-        ctx.seed = random_state
-        rng = np.random.default_rng(ctx.rank_seed(random_state))  # each rank samples its own
+        ctx.seed = seed
+        rng = np.random.default_rng(ctx.rank_seed(seed))  # each rank samples its own
         # one copy of the graphs per host, memory-mapped by all its ranks
-        con_csr, spa_csr = ctx.share_graph(con_csr), ctx.share_graph(spa_csr)
+        inputs.connectome = ctx.share_graph(inputs.connectome)
+        inputs.spatial = ctx.share_graph(inputs.spatial)
     cuda_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(random_state)
-        net = SpaconNet(dims, fusion=fusion, dropout=dropout)
+        torch.manual_seed(seed)
+        net = SpaconNet(params["hidden_dims"], fusion=params["fusion"], dropout=params["dropout"])
         if ctx is not None:  # same initial weights everywhere, different dropout draws
-            torch.manual_seed(ctx.rank_seed(random_state))
+            torch.manual_seed(ctx.rank_seed(seed))
         result = train_network(
             net,
-            FeatureMatrix(data),
-            con_csr,
-            spa_csr,
+            inputs.features,
+            inputs.connectome,
+            inputs.spatial,
             config,
             rng,
             progress=progress and sc.settings.verbosity >= 2 and (ctx is None or ctx.is_main),
             checkpoint=checkpoint,
             dist=ctx,
         )
-    model = SpaconModel(
-        net,
-        {
-            "hidden_dims": dims,
-            "fusion": fusion,
-            "dropout": dropout,
-            "use_weights": bool(use_weights),
-            "features": source,
-            "feature_names": names,
-            "n_features": n_features,
-            "spatial_graph_key": spatial_graph_key,
-            "connectome_graph_key": connectome_graph_key,
-            "train_params": params,
-            "loss": result.loss.tolist(),
-        },
-    )
-    register(model)
-    adata.uns[key_added] = {
-        "params": params,
-        "loss": result.loss,
-        "model_id": model.model_id,
-        "n_epochs_run": len(result.loss),
-        "stopped_early": result.stopped_early,
-    }
-    logg.info(
-        f"    finished (final loss {result.loss[-1]:.4g})",
-        time=start,
-        deep=f"added\n    'uns[{key_added!r}]', training record (params, loss, model_id)",
-    )
-    return model
+    return net, result
