@@ -67,9 +67,15 @@ def predict_connectivity(
     into ``n_folds`` folds. For each fold:
 
     1. **Train without the held-out connectome**: the rows *and* columns of the held-out
-       cells are removed from ``obsp[connectome_graph_key]``; :func:`spacon.tl.train` and
-       :func:`spacon.tl.embed` run on that graph (the held-out cells stay in the spatial
-       graph with their expression; in the connectome they only see themselves).
+       cells are removed from ``obsp[connectome_graph_key]`` and :func:`spacon.tl.train`
+       runs on that graph (the held-out cells keep their expression and spatial graph).
+       :func:`spacon.tl.embed` then embeds *every* cell with an empty connectome: the
+       connectome encoder, trained on the connectome, maps each cell's own features to
+       the embedding, so held-out and training cells are embedded the same way and the
+       test measures prediction of connectivity from expression (and spatial context),
+       as the published claim states. (Embedding the training cells through their
+       connectome neighbours and the held-out cells without would compare unlike
+       embeddings; it scored lower on the flatmap.)
     2. **Predict**: each held-out cell's profile is the mean profile of its
        ``n_neighbors`` nearest training cells (Euclidean, in the representation), over the
        training columns only.
@@ -548,7 +554,8 @@ def _fold_embeddings(
     train_kwargs: dict,
     random_state: int,
 ) -> dict[str, np.ndarray]:
-    """Train and embed with the rows and columns of the cells outside ``keep`` removed."""
+    """Train with the connectome rows and columns of the cells outside ``keep`` removed;
+    embed all cells with an empty connectome."""
     from .. import tl
 
     mask = sp_sparse.diags(keep.astype(np.float32))
@@ -572,6 +579,9 @@ def _fold_embeddings(
             spatial_graph_key=spatial_graph_key,
             **train_kwargs,
         )
+        # Embed every cell from its features and spatial context alone: the held-out cells
+        # have no connectome, so neither may the training cells they are compared with.
+        fold.obsp[graph_key] = sp_sparse.csr_matrix(masked.shape, dtype=np.float32)
         tl.embed(fold, model=model, progress=False)
     finally:
         settings.verbosity = verbosity
