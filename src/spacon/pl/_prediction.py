@@ -102,7 +102,7 @@ def connectivity_prediction(
     show = u.resolve_show(show)
     created = ax is None
     if created:
-        size = figsize or (3.6 * len(metrics) + 1.2, 3.4)
+        size = figsize or (3.6 * len(metrics) + 2.0, 3.4)
         fig = u.new_figure(size, show=show)
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     else:
@@ -117,7 +117,7 @@ def connectivity_prediction(
         panel.set_xticks(positions, labels, rotation=30, ha="right")
         panel.set_xlabel("distance")
         panel.set_ylabel(_METRICS[metric])
-    axes[-1].legend(frameon=False, fontsize="small", loc="best")
+    axes[-1].legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     if created:
