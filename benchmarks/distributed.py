@@ -40,7 +40,6 @@ all-reduces (latency-bound), is 0.3% of a step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import json
 import os
@@ -98,11 +97,16 @@ def worker(data: Path, steps: int, warmup: int, full_epoch: bool, result: Path) 
     import torch.distributed as dist
 
     import spacon as sp
-    from spacon._core import _distributed
-    from spacon._core._graph import CSR, remove_self_loops
-    from spacon._core._module import SpaconNet
-    from spacon._core._sampler import NeighborSampler
-    from spacon._core._trainer import FeatureMatrix, _graph_tensors, _step
+    from spacon._core import (
+        CSR,
+        FeatureMatrix,
+        SpaconNet,
+        TrainConfig,
+        init_distributed,
+        launch_env,
+        remove_self_loops,
+        train_network,
+    )
 
     arrays = np.load(data)
     shape = tuple(int(v) for v in arrays["x_shape"])
@@ -120,47 +124,31 @@ def worker(data: Path, steps: int, warmup: int, full_epoch: bool, result: Path) 
     dims = [shape[1], 256, 128, 32]
 
     ctx = None
-    if _distributed.world_size_from_env() > 1:
-        ctx = _distributed.init(torch.device("cpu"))
+    launch = launch_env()
+    if launch is not None and launch[1] > 1:
+        ctx = init_distributed(torch.device("cpu"))
+        ctx.seed = 0
         graphs = {k: ctx.share_graph(g) for k, g in graphs.items()}
     torch.manual_seed(0)
     net = SpaconNet(dims, dropout=0.1)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
     rng = np.random.default_rng(0 if ctx is None else ctx.rank_seed(0))
-    sampler = NeighborSampler(graphs["con"], graphs["spa"], num_neighbors, batch_size, rng)
-    features = FeatureMatrix(x)
+    config = TrainConfig(
+        n_epochs=1, lr=1e-4, weight_decay=1e-4, grad_clip=5.0, full_batch=False,
+        batch_size=batch_size, num_neighbors=num_neighbors, weighted_sampling=False,
+        use_weights=False, early_stopping=False, patience=1, min_delta=0.0,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    # spacon's own loop (DDP and synced BatchNorm included), timed batch by batch
+    timings = []
+    train_network(net, FeatureMatrix(x), graphs["con"], graphs["spa"], config, rng,
+                  progress=False, on_batch=timings.append, dist=ctx,
+                  max_batches=None if full_epoch else warmup + steps)  # fmt: skip
     n = shape[0]
-    if ctx is None:
-        order = np.random.default_rng(0).permutation(n)
-        seeds = [order[s : s + batch_size] for s in range(0, n, batch_size)]
-    else:
-        seeds = ctx.epoch_batches(n, batch_size, 0)
-    per_epoch = len(seeds)
-    if not full_epoch:
-        seeds = seeds[: warmup + steps]
-    device = torch.device("cpu")
-    net.train()
-    sample_s, step_s, nodes = [], [], []
-    sync = _distributed.synced_batchnorm(net) if ctx is not None else contextlib.nullcontext()
-    with sync:
-        module = net if ctx is None else ctx.wrap(net)
-        for i, batch_seeds in enumerate(seeds):
-            t0 = time.perf_counter()
-            batch = sampler.sample(batch_seeds)
-            t1 = time.perf_counter()
-            _step(
-                module,
-                optimizer,
-                features.tensor(batch.n_id, device),
-                _graph_tensors(batch.connectome, device, False),
-                _graph_tensors(batch.spatial, device, False),
-                5.0,
-            )
-            t2 = time.perf_counter()
-            if i >= warmup or full_epoch:
-                sample_s.append(t1 - t0)
-                step_s.append(t2 - t1)
-                nodes.append(len(batch.n_id))
+    per_epoch = timings[0].n_batches
+    timed = timings if full_epoch else timings[warmup:]
+    sample_s = [t.sample_s for t in timed]
+    step_s = [t.step_s for t in timed]
+    nodes = [t.n_nodes for t in timed]
     report = {
         "processes": 1 if ctx is None else ctx.world_size,
         "threads": torch.get_num_threads(),

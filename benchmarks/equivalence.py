@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import _reference
-from spacon._core._graph import CSR, GraphTensors
-from spacon._core._module import SpaconNet
+from spacon._core import CSR, GraphTensors, SpaconNet
 
 
 def _load_reference_model():
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             diffs = [float((a - b).detach().abs().max()) for a, b in zip(ref_out, out)]
             worst = max(worst, *diffs)
             ref_loss = F.mse_loss(ref_out[2], x)
-            loss = net.reconstruction_loss(x, *graphs)  # the fused loss in train mode
+            loss = net(x, *graphs, loss=True)  # the fused loss in train mode
             line = (f"{fusion:<6} {mode:<5} max |diff|: connectome {diffs[0]:.1e}, spatial "
                     f"{diffs[1]:.1e}, reconstruction {diffs[2]:.1e}; loss "
                     f"{ref_loss.item():.6f} vs {loss.item():.6f}")

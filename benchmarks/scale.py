@@ -128,6 +128,7 @@ def run_child(opts: argparse.Namespace) -> dict:
                 full_batch=False,
                 device=opts.device,
                 progress=False,
+                embed=False,  # the embedding is timed on its own below
             ),
         )
         result["train_loss"] = float(adata.uns["spacon_train"]["loss"][-1])
@@ -171,56 +172,65 @@ def run_child(opts: argparse.Namespace) -> dict:
 def partial_epoch(adata, opts: argparse.Namespace, result: dict):
     """Time ``opts.train_batches`` minibatches of an epoch and extrapolate to the epoch.
 
-    Runs what :func:`spacon.tl.train` runs in minibatch mode (graph conversion, then per
-    batch: sampling, feature gathering, one optimisation step) on the full data, for the
-    first batches only; the epoch time is the set-up plus the mean batch time times the
-    number of batches, and replaces the measured time in the results. For the later
-    stages the returned model is trained (one epoch) on the first 20,000 cells.
+    Runs spacon's own training loop (:func:`spacon._core.train_network`, stopped after
+    ``max_batches`` and timed through ``on_batch``) on the inputs :func:`spacon.tl.train`
+    reads (:func:`spacon.tl._inputs.model_inputs`), with the minibatch defaults of
+    ``sp.tl.train``; the epoch time is the set-up (input checks, graph conversion, first
+    sampler state) plus the mean batch time (sampling, feature gathering, one optimisation
+    step) times the number of batches, and replaces the measured time in the results. For
+    the later stages the returned model is trained (one epoch) on the first 20,000 cells.
     """
+    import inspect
+
     import numpy as np
     import torch
 
     import spacon as sp
-    from spacon._core._graph import CSR, remove_self_loops
-    from spacon._core._module import SpaconNet
-    from spacon._core._sampler import NeighborSampler
-    from spacon._core._trainer import FeatureMatrix, _graph_tensors, _step
+    from spacon._core import SpaconNet, TrainConfig, train_network
+    from spacon.tl._inputs import feature_source, model_inputs
 
+    defaults = {k: v.default for k, v in inspect.signature(sp.tl.train).parameters.items()}
     device = torch.device(opts.device)
+    timings = []
     start = time.perf_counter()
-    con = remove_self_loops(CSR.from_scipy(adata.obsp["connectome_connectivities"]))
-    spa = remove_self_loops(CSR.from_scipy(adata.obsp["spatial_connectivities"]))
-    features = FeatureMatrix(adata.X)
+    inputs = model_inputs(
+        adata,
+        feature_source(None, None),
+        spatial_graph_key=sp.Key.obsp.spatial_connectivities,
+        connectome_graph_key=sp.Key.obsp.connectome_connectivities,
+        weighted_attention=False,
+    )
     torch.manual_seed(0)
-    net = SpaconNet([adata.n_vars, 256, 128, 32]).to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-4)
-    sampler = NeighborSampler(con, spa, opts.num_neighbors, opts.batch_size,
-                              np.random.default_rng(0))  # fmt: skip
-    setup = time.perf_counter() - start
-    start = time.perf_counter()
-    nodes = 0
-    for i, batch in enumerate(sampler):
-        if i == opts.train_batches:
-            break
-        nodes += len(batch.n_id)
-        _step(net, optimizer, features.tensor(batch.n_id, device),
-              _graph_tensors(batch.connectome, device, False),
-              _graph_tensors(batch.spatial, device, False), 5.0)  # fmt: skip
-    per_batch = (time.perf_counter() - start) / opts.train_batches
+    net = SpaconNet([adata.n_vars, 256, 128, 32], dropout=defaults["dropout"])
+    config = TrainConfig(
+        n_epochs=1, lr=1e-4, weight_decay=defaults["weight_decay"],
+        grad_clip=defaults["grad_clip"], full_batch=False, batch_size=opts.batch_size,
+        num_neighbors=opts.num_neighbors, weighted_sampling=False, use_weights=False,
+        early_stopping=False, patience=1, min_delta=0.0, device=device,
+    )  # fmt: skip
+    train_network(net, inputs.features, inputs.connectome, inputs.spatial, config,
+                  np.random.default_rng(0), progress=False, on_batch=timings.append,
+                  max_batches=opts.train_batches)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    batches = sum(t.sample_s + t.step_s for t in timings)
+    per_batch = batches / len(timings)
+    nodes = sum(t.n_nodes for t in timings)
+    n_batches = timings[0].n_batches
+    setup = elapsed - batches
     result["train_extrapolated"] = {
-        "batches_timed": opts.train_batches, "batches_per_epoch": len(sampler),
+        "batches_timed": len(timings), "batches_per_epoch": n_batches,
         "setup_s": setup, "per_batch_s": per_batch,
-        "nodes_per_batch": nodes / opts.train_batches,
-        "epoch_s": setup + per_batch * len(sampler),
+        "nodes_per_batch": nodes / len(timings),
+        "epoch_s": setup + per_batch * n_batches,
     }  # fmt: skip
-    print(f"  (train: {opts.train_batches} of {len(sampler)} batches timed, "
-          f"{per_batch:.2f} s each, {nodes / opts.train_batches:,.0f} nodes each; "
+    print(f"  (train: {len(timings)} of {n_batches} batches timed, "
+          f"{per_batch:.2f} s each, {nodes / len(timings):,.0f} nodes each; "
           f"epoch ~ {result['train_extrapolated']['epoch_s']:.0f} s)", flush=True)  # fmt: skip
-    del con, spa, features, sampler
+    del inputs, net
     subset = adata[: min(20_000, adata.n_obs)].copy()
     return sp.tl.train(subset, n_epochs=1, batch_size=opts.batch_size,
                        num_neighbors=opts.num_neighbors, full_batch=False,
-                       device=opts.device, progress=False)  # fmt: skip
+                       device=opts.device, progress=False, embed=False)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- parent

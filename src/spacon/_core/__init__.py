@@ -11,9 +11,10 @@ from ._distributed import init as init_distributed
 from ._graph import CSR, GraphTensors, add_self_loops, remove_self_loops
 from ._module import FUSIONS, SpaconNet
 from ._sampler import NeighborSampler
-from ._trainer import FeatureMatrix, TrainConfig, TrainResult, infer, train_network
+from ._trainer import BatchTiming, FeatureMatrix, TrainConfig, TrainResult, infer, train_network
 
 __all__ = [
+    "BatchTiming",
     "CSR",
     "FUSIONS",
     "Checkpointer",

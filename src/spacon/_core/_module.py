@@ -100,17 +100,32 @@ class SpaconNet(nn.Module):
         return h_con[-1], h_spa[-1], skips
 
     def forward(
-        self, x: torch.Tensor, connectome: GraphTensors, spatial: GraphTensors
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return the connectome bottleneck, the spatial bottleneck and the reconstruction."""
+        self,
+        x: torch.Tensor,
+        connectome: GraphTensors,
+        spatial: GraphTensors,
+        *,
+        loss: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Return the connectome bottleneck, the spatial bottleneck and the reconstruction;
+        with ``loss=True``, the training objective :meth:`loss` instead.
+
+        The training loop always calls ``module(x, connectome, spatial, loss=True)``, so that
+        a wrapper such as DistributedDataParallel sees the forward call, and every path
+        (full-batch, minibatch, distributed) optimises the same loss.
+        """
+        if loss:
+            return self.loss(x, connectome, spatial)
         z_con, z_spa, skips = self._encode(x, connectome, spatial)
         x_hat = self.decode(self.fuse(z_con, z_spa), skips, connectome)
         return z_con, z_spa, x_hat
 
-    def reconstruction_loss(
+    def loss(
         self, x: torch.Tensor, connectome: GraphTensors, spatial: GraphTensors
     ) -> torch.Tensor:
-        """``F.mse_loss(self(x, connectome, spatial)[2], x)``, cheaper in training mode.
+        """The training objective, the one place it is written: the mean squared error of the
+        reconstruction, ``F.mse_loss(self(x, connectome, spatial)[2], x)``, computed more
+        cheaply in training mode.
 
         The decoder's last layer widens back to the input width (aggregate ``u = A h``,
         then ``u W``, then BatchNorm). With batch statistics the loss depends on ``u W``

@@ -6,13 +6,13 @@ demand) and :class:`~spacon._core._graph.CSR` graphs without self-loops.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp_sparse
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checkpoint import Checkpointer
@@ -65,27 +65,41 @@ class TrainResult:
     stopped_early: bool
 
 
+@dataclass
+class BatchTiming:
+    """What ``on_batch`` of :func:`train_network` receives after every minibatch step."""
+
+    epoch: int
+    #: index of the batch in its epoch, and the number of batches of a whole epoch
+    index: int
+    n_batches: int
+    #: nodes of the sampled subgraph
+    n_nodes: int
+    #: seconds spent sampling the subgraph, and on the optimisation step (features included)
+    sample_s: float
+    step_s: float
+    loss: float
+
+
 def _graph_tensors(graph: CSR, device: torch.device, use_weights: bool) -> GraphTensors:
     return GraphTensors.from_csr(graph, device, weights=use_weights)
 
 
 def _step(
-    net: SpaconNet,
+    module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     connectome: GraphTensors,
     spatial: GraphTensors,
     grad_clip: float | None,
 ) -> float:
+    """One optimisation step on the loss :class:`SpaconNet` returns (``module`` is the network
+    or its DistributedDataParallel wrapper, which must see the forward call)."""
     optimizer.zero_grad(set_to_none=True)
-    if isinstance(net, SpaconNet):
-        loss = net.reconstruction_loss(x, connectome, spatial)
-    else:  # a wrapper (DDP) must see the forward call
-        _, _, x_hat = net(x, connectome, spatial)
-        loss = F.mse_loss(x_hat, x)
+    loss = module(x, connectome, spatial, loss=True)
     loss.backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
     optimizer.step()
     return float(loss.detach())
 
@@ -100,6 +114,8 @@ def train_network(
     *,
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[BatchTiming], None] | None = None,
+    max_batches: int | None = None,
     checkpoint: Checkpointer | None = None,
     dist: DistContext | None = None,
 ) -> TrainResult:
@@ -115,6 +131,10 @@ def train_network(
     ``checkpoint.every`` epochs. ``dist``: data-parallel minibatch training, each rank on
     its own shard of seeds (see :mod:`~spacon._core._distributed`); the loss history is
     the mean over all ranks' batches, identical on every rank.
+
+    ``on_batch`` (minibatch mode) is called after every step with its :class:`BatchTiming`;
+    ``max_batches`` ends every epoch after that many batches. Together they let a benchmark
+    time part of an epoch of the real loop (``benchmarks/scale.py``).
     """
     device = config.device
     net.to(device)
@@ -123,44 +143,78 @@ def train_network(
     run = _Run(net=net, optimizer=optimizer, rng=rng, checkpoint=checkpoint, dist=dist)
     if checkpoint is not None and checkpoint.resume is not None:
         run.restore(checkpoint.resume, device)
-    if dist is None:
-        result = _epochs(net, features, connectome, spatial, config, run, progress, on_epoch)
-    else:
-        if config.full_batch:
+    if config.full_batch:
+        if dist is not None:
             raise ValueError("distributed training is minibatch only")
+        epochs = _FullBatch(features, connectome, spatial, config, rng)
+    else:
+        epochs = _Minibatches(
+            features, connectome, spatial, config, rng, dist, on_batch, max_batches
+        )
+    if dist is None:
+        result = _epochs(net, epochs, config, run, progress, on_epoch)
+    else:
         with synced_batchnorm(net):
-            module = dist.wrap(net)
-            result = _epochs(module, features, connectome, spatial, config, run, progress, on_epoch)
+            result = _epochs(dist.wrap(net), epochs, config, run, progress, on_epoch)
     net.eval()
     return result
 
 
-def _epochs(
-    module: torch.nn.Module,
-    features: FeatureMatrix,
-    connectome: CSR,
-    spatial: CSR,
-    config: TrainConfig,
-    run: _Run,
-    progress: bool,
-    on_epoch: Callable[[int, float], None] | None,
-) -> TrainResult:
-    """The epochs of :func:`train_network`; ``module`` is the network or its DDP wrapper."""
-    device = config.device
-    optimizer, rng, dist = run.optimizer, run.rng, run.dist
-    history = run.history
-    best, stale, stopped = run.best, run.stale, run.stopped
+class _FullBatch:
+    """Full-batch epochs: one step on all nodes. The spatial graph is used whole; the
+    connectome keeps at most ``max(num_neighbors)`` neighbours per node, drawn afresh every
+    step (all of them when every row is that short or the value is negative)."""
 
-    if config.full_batch:
-        x = features.tensor(slice(None), device)
-        spatial_t = _graph_tensors(add_self_loops(spatial), device, config.use_weights)
-        k = max(int(v) for v in config.num_neighbors)
-        resample = k >= 0 and bool((connectome.degrees() > k).any())
-        all_nodes = np.arange(connectome.n_rows, dtype=np.int64)
-        if not resample:
-            connectome_t = _graph_tensors(add_self_loops(connectome), device, config.use_weights)
-    else:
-        sampler = NeighborSampler(
+    def __init__(
+        self,
+        features: FeatureMatrix,
+        connectome: CSR,
+        spatial: CSR,
+        config: TrainConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        self.config, self.rng, self.connectome = config, rng, connectome
+        device, weights = config.device, config.use_weights
+        self.x = features.tensor(slice(None), device)
+        self.spatial = _graph_tensors(add_self_loops(spatial), device, weights)
+        self.k = max(int(v) for v in config.num_neighbors)
+        self.resample = self.k >= 0 and bool((connectome.degrees() > self.k).any())
+        self.all_nodes = np.arange(connectome.n_rows, dtype=np.int64)
+        self.fixed = (
+            None if self.resample else _graph_tensors(add_self_loops(connectome), device, weights)
+        )
+
+    def __call__(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, progress: bool
+    ) -> float:
+        cfg = self.config
+        connectome = self.fixed
+        if connectome is None:
+            drawn = sample_neighbors(
+                self.connectome, self.all_nodes, self.k, self.rng, weighted=cfg.weighted_sampling
+            )
+            connectome = _graph_tensors(add_self_loops(drawn), cfg.device, cfg.use_weights)
+        return _step(module, optimizer, self.x, connectome, self.spatial, cfg.grad_clip)
+
+
+class _Minibatches:
+    """Minibatch epochs: one step per batch of :class:`NeighborSampler`; with ``dist``, every
+    rank steps through the batches of its own shard of seeds."""
+
+    def __init__(
+        self,
+        features: FeatureMatrix,
+        connectome: CSR,
+        spatial: CSR,
+        config: TrainConfig,
+        rng: np.random.Generator,
+        dist: DistContext | None,
+        on_batch: Callable[[BatchTiming], None] | None,
+        max_batches: int | None,
+    ) -> None:
+        self.features, self.config, self.dist = features, config, dist
+        self.on_batch, self.max_batches = on_batch, max_batches
+        self.sampler = NeighborSampler(
             connectome,
             spatial,
             config.num_neighbors,
@@ -169,6 +223,74 @@ def _epochs(
             weighted=config.weighted_sampling,
         )
 
+    def _batches(self, epoch: int) -> tuple[Iterator, int]:
+        if self.dist is None:
+            return iter(self.sampler), len(self.sampler)
+        seeds = self.dist.epoch_batches(self.sampler.n_nodes, self.config.batch_size, epoch)
+        return (self.sampler.sample(s) for s in seeds), len(seeds)
+
+    def __call__(
+        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, progress: bool
+    ) -> float:
+        cfg, dist = self.config, self.dist
+        source, n_batches = self._batches(epoch)
+        shown = n_batches if self.max_batches is None else min(n_batches, self.max_batches)
+        bar = tqdm(
+            total=shown, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress
+        )
+        total, count = 0.0, 0
+        for index in range(shown):
+            begin = time.perf_counter()
+            batch = next(source)
+            sampled = time.perf_counter()
+            n = len(batch.n_id)
+            # BatchNorm needs two nodes: only a lone isolated seed is skipped (ranks must all
+            # step; their synced BatchNorm counts the nodes of every rank)
+            if n < 2 and dist is None:
+                bar.update()
+                continue
+            batch_loss = _step(
+                module,
+                optimizer,
+                self.features.tensor(batch.n_id, cfg.device),
+                _graph_tensors(batch.connectome, cfg.device, cfg.use_weights),
+                _graph_tensors(batch.spatial, cfg.device, cfg.use_weights),
+                cfg.grad_clip,
+            )
+            total += batch_loss * n
+            count += n
+            bar.update()
+            if self.on_batch is not None:
+                done = time.perf_counter()
+                self.on_batch(
+                    BatchTiming(
+                        epoch=epoch,
+                        index=index,
+                        n_batches=n_batches,
+                        n_nodes=n,
+                        sample_s=sampled - begin,
+                        step_s=done - sampled,
+                        loss=batch_loss,
+                    )
+                )
+        bar.close()
+        if dist is not None:
+            total, count = dist.sum_floats(total, count)
+        return total / max(count, 1)
+
+
+def _epochs(
+    module: torch.nn.Module,
+    run_epoch: _FullBatch | _Minibatches,
+    config: TrainConfig,
+    run: _Run,
+    progress: bool,
+    on_epoch: Callable[[int, float], None] | None,
+) -> TrainResult:
+    """The epochs of :func:`train_network` (``module``: the network or its DDP wrapper):
+    loss history, divergence check, early stopping and checkpoints, whatever the mode."""
+    history = run.history
+    best, stale, stopped = run.best, run.stale, run.stopped
     epochs = range(config.n_epochs if stopped else run.epoch, config.n_epochs)
     bar = tqdm(
         epochs,
@@ -179,47 +301,7 @@ def _epochs(
         disable=not progress,
     )
     for epoch in bar:
-        if config.full_batch:
-            if resample:
-                drawn = sample_neighbors(
-                    connectome, all_nodes, k, rng, weighted=config.weighted_sampling
-                )
-                connectome_t = _graph_tensors(add_self_loops(drawn), device, config.use_weights)
-            loss = _step(module, optimizer, x, connectome_t, spatial_t, config.grad_clip)
-        else:
-            total, count = 0.0, 0
-            if dist is None:
-                source, n_batches = sampler, len(sampler)
-            else:
-                seeds = dist.epoch_batches(sampler.n_nodes, config.batch_size, epoch)
-                source, n_batches = (sampler.sample(s) for s in seeds), len(seeds)
-            batches = tqdm(
-                source,
-                total=n_batches,
-                desc=f"epoch {epoch + 1}",
-                unit="batch",
-                leave=False,
-                disable=not progress,
-            )
-            for batch in batches:
-                n = len(batch.n_id)
-                # BatchNorm needs two nodes: only a lone isolated seed is skipped (ranks
-                # must all step; their synced BatchNorm counts the nodes of every rank)
-                if n < 2 and dist is None:
-                    continue
-                batch_loss = _step(
-                    module,
-                    optimizer,
-                    features.tensor(batch.n_id, device),
-                    _graph_tensors(batch.connectome, device, config.use_weights),
-                    _graph_tensors(batch.spatial, device, config.use_weights),
-                    config.grad_clip,
-                )
-                total += batch_loss * n
-                count += n
-            if dist is not None:
-                total, count = dist.sum_floats(total, count)
-            loss = total / max(count, 1)
+        loss = run_epoch(module, run.optimizer, epoch, progress)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch + 1} (loss {loss}); "
