@@ -317,11 +317,12 @@ def _check_options(adata: AnnData, **kw) -> dict:
     if not isinstance(kw["key_added"], str) or not kw["key_added"]:
         raise ValueError(f"`key_added` must be a non-empty string, got {kw['key_added']!r}.")
     train_kwargs = dict(kw["train_kwargs"] or {})
-    clash = sorted({"connectome_graph_key", "spatial_graph_key", "key_added"} & set(train_kwargs))
+    own = {"connectome_graph_key", "spatial_graph_key", "key_added", "embed"}
+    clash = sorted(own & set(train_kwargs))
     if clash:
         raise TypeError(
-            f"`train_kwargs` must not set {clash}: pass the graph keys to "
-            "`sp.tl.predict_connectivity` directly."
+            f"`train_kwargs` must not set {clash}: `sp.tl.predict_connectivity` sets them "
+            "itself (pass the graph keys to it directly)."
         )
     train_kwargs.setdefault("random_state", kw["random_state"])
     train_kwargs.setdefault("progress", False)
@@ -577,6 +578,7 @@ def _fold_embeddings(
             fold,
             connectome_graph_key=graph_key,
             spatial_graph_key=spatial_graph_key,
+            embed=False,  # embedded below, without any connectome
             **train_kwargs,
         )
         # Embed every cell from its features and spatial context alone: the held-out cells
