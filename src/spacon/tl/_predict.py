@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -226,7 +227,6 @@ def predict_connectivity(
                     spatial_graph_key=spatial_graph_key,
                     keep=fold != f,
                     train_kwargs=opts["train_kwargs"],
-                    random_state=opts["random_state"],
                 )
             )
         truth = _restrict(layout.profiles[test], col_keep)
@@ -371,6 +371,7 @@ def _fixed_representations(adata: AnnData, use_rep: str, opts: dict) -> dict[str
 # --------------------------------------------------------------------------- layout
 
 
+@dataclass
 class _Layout:
     """Rows, columns and units of the connectivity profiles.
 
@@ -379,8 +380,14 @@ class _Layout:
     their centroid), a unit is a region (``-1``: a cell without region, never held out).
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    level: str
+    regions_key: str | None
+    profiles: sp_sparse.csr_matrix  # cells x columns
+    row_unit: np.ndarray
+    row_coords: np.ndarray
+    col_unit: np.ndarray
+    col_coords: np.ndarray
+    n_units: int
 
     def edge_distances(self) -> np.ndarray:
         """Distance of every stored profile entry (cell to column cell or centroid)."""
@@ -553,7 +560,6 @@ def _fold_embeddings(
     spatial_graph_key: str,
     keep: np.ndarray,
     train_kwargs: dict,
-    random_state: int,
 ) -> dict[str, np.ndarray]:
     """Train with the connectome rows and columns of the cells outside ``keep`` removed;
     embed all cells with an empty connectome."""
