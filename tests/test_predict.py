@@ -190,15 +190,16 @@ def _spy(monkeypatch):
 
 
 @pytest.mark.parametrize("regions", [False, True], ids=["cells", "regions"])
-def test_held_out_connectome_never_reaches_training(monkeypatch, regions):
+def test_held_out_connectome_never_reaches_training(monkeypatch, regions, tmp_path):
     adata = _toy(regions=regions)
     seen = _spy(monkeypatch)
     sp.tl.predict_connectivity(
         adata,
         n_folds=3,
         baselines=("spatial",),
-        train_kwargs={"n_epochs": 2, "hidden_dims": [16, 8, 4]},
+        train_kwargs={"n_epochs": 2, "hidden_dims": (16, 8, 4), "device": "cpu"},
     )
+    adata.write_h5ad(tmp_path / "a.h5ad")  # the training options are stored h5ad-safe
     fold = adata.uns["connectivity_prediction"]["fold"]
     full = adata.obsp[Key.obsp.connectome_connectivities]
     assert len(seen["train"]) == len(seen["embed"]) == 3

@@ -270,7 +270,7 @@ def predict_connectivity(
         params["regions_key"] = layout.regions_key
     if needs_training:
         params["spatial_graph_key"] = spatial_graph_key
-        params["train_kwargs"] = {k: v for k, v in opts["train_kwargs"].items() if v is not None}
+        params["train_kwargs"] = _plain(opts["train_kwargs"])
     if copy:
         adata = adata.copy()
     adata.uns[key_added] = {
@@ -334,6 +334,18 @@ def _check_options(adata: AnnData, **kw) -> dict:
         "random_state": int(kw["random_state"]),
         "train_kwargs": train_kwargs,
     }
+
+
+def _plain(value: object) -> object:
+    """``value`` as what h5ad stores: lists for tuples, ``None`` entries dropped, strings for
+    anything else that is not a number, string or array."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | bool | numbers.Number | np.ndarray):
+        return value
+    return str(value)
 
 
 def _check_weights(graph: sp_sparse.csr_matrix, key: str) -> None:
