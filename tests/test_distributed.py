@@ -342,7 +342,7 @@ def test_cli_train_single_process(demo_files, tmp_path, capsys):
 
 def test_distributed_option_is_validated():
     adata = sp.datasets.flatmap(n_spots=200, n_genes=60)
-    with pytest.raises(ValueError, match="`distributed` must be True or False"):
+    with pytest.raises(TypeError, match="`distributed` must be True or False"):
         sp.tl.train(adata, distributed="yes")
-    with pytest.raises(ValueError, match="`distributed` must be True or False"):
+    with pytest.raises(TypeError, match="`distributed` must be True or False"):
         sp.tl.embed(adata, distributed=1)

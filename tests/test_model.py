@@ -306,7 +306,7 @@ def test_hidden_dims_forms_and_warning(adata, monkeypatch):
         (None, {"spatial_graph_key": "nope"}, KeyError, "nope"),
         (None, {"hidden_dims": [30, 10, 5, 2]}, ValueError, "does not fit the 40 input"),
         (None, {"hidden_dims": [40, 0, 5]}, ValueError, "positive integers"),
-        (None, {"hidden_dims": "big"}, ValueError, "list of layer widths"),
+        (None, {"hidden_dims": "big"}, TypeError, "list of layer widths"),
         (None, {"batch_size": 0}, ValueError, "batch_size"),
         (None, {"layer": "missing"}, KeyError, "Layer 'missing' not found"),
         (None, {"use_rep": "X_missing"}, KeyError, "X_missing"),
@@ -459,7 +459,7 @@ def test_embed_key_added_names_every_output(adata):
     assert record["params"]["hidden_dims"] == [40, *DIMS]
     assert record["params"]["reconstruction"] is True
     assert Key.uns.embed not in adata.uns
-    for bad, error in ((3, TypeError), ("", TypeError)):
+    for bad, error in ((3, TypeError), ("", ValueError)):
         with pytest.raises(error, match="key_added"):
             sp.tl.embed(adata, model, key_added=bad)
 

@@ -497,7 +497,8 @@ ERROR_CASES = {
         "missing values",
     ),
     "empty graph": ({"method": "radius", "radius": 1e-9}, None, ValueError, "Increase `radius`"),
-    "bad key_added": ({"key_added": ""}, None, TypeError, "key_added"),
+    "empty key_added": ({"key_added": ""}, None, ValueError, "key_added"),
+    "key_added not a string": ({"key_added": 3}, None, TypeError, "key_added"),
     "bad n_jobs": ({"n_jobs": 1.5}, None, TypeError, "n_jobs"),
 }
 

@@ -1,4 +1,7 @@
-"""Private file helpers: atomic writes and reading connectivity matrices from disk."""
+"""Private file helpers: the one atomic writer spacon uses for every file it writes.
+
+Kept free of AnnData at run time so that :mod:`spacon._core` (checkpoints) can use it too.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from anndata import AnnData
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 
 def _umask() -> int:
@@ -22,8 +27,11 @@ def atomic_write(
     """Create ``path`` by ``write(temporary_path)`` in the same folder, then a rename.
 
     A crash or an error mid-write never leaves a truncated file where a good one was (or
-    a half-written new one). The parent folder is created; the file gets the usual
-    permissions (``0o666`` minus the umask), not ``mkstemp``'s private ``0o600``.
+    a half-written new one): the temporary file is flushed to disk (``fsync``) before it
+    replaces ``path``, and removed when ``write`` fails. The parent folder is created; the
+    file gets the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s private
+    ``0o600``. Temporary names are ``.{name}.<random>{suffix}`` (so a caller can sweep the
+    leftovers of a killed process).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +39,8 @@ def atomic_write(
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

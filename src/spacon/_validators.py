@@ -1,16 +1,16 @@
 """Argument validators shared by every public function: one error format everywhere.
 
-The message names the argument, what was expected and what was given. A value of the
-wrong kind (``"a"`` for a number of epochs) and a value out of range (``0`` epochs) are both
-user errors about a *value* and raise :class:`ValueError`, as the public functions always
-have; a wrong container or object type (a ``key_added`` that is not a string) raises
-:class:`TypeError`; a missing key raises :class:`KeyError` (see :mod:`spacon._utils`).
+The message names the argument, what was expected and what was given. The rule, as in
+squidpy's ``_validators``: a value of the wrong type (``"a"`` or ``2.5`` for a number of
+epochs, ``1`` for a flag, ``3`` for a key) raises :class:`TypeError`; a value of the right
+type but out of range or not among the choices (``0`` epochs, an empty key) raises
+:class:`ValueError`; a key missing from the AnnData raises :class:`KeyError` (see
+:func:`spacon._utils.check_graph`, :func:`spacon.tl._inputs.get_features`).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,14 +27,18 @@ def is_real(value: object) -> bool:
 
 def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
     """``value`` as an ``int`` at least ``minimum``."""
-    if not is_int(value) or value < minimum:
+    if not is_int(value):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 
 
 def check_number(name: str, value: object, *, low: float, strict: bool = False) -> float:
     """``value`` as a finite ``float`` at least ``low`` (above it when ``strict``)."""
-    if not is_real(value) or not np.isfinite(value):
+    if not is_real(value):
+        raise TypeError(f"`{name}` must be a finite number, got {value!r}.")
+    if not np.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
     if value < low or (strict and value == low):
         sign = ">" if strict else ">="
@@ -45,19 +49,14 @@ def check_number(name: str, value: object, *, low: float, strict: bool = False) 
 def check_bool(name: str, value: object) -> bool:
     """``value`` must be ``True`` or ``False`` (not ``1``, not ``"yes"``)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
     return bool(value)
 
 
-def check_one_of(name: str, value: object, allowed: Sequence[object]) -> object:
-    """``value`` must be one of ``allowed``."""
-    if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-    return value
-
-
 def check_key_added(value: object, *, name: str = "key_added") -> str:
-    """A key to write under: a non-empty string (``TypeError`` otherwise)."""
-    if not isinstance(value, str) or not value:
+    """A key to write under: a string (``TypeError``), not empty (``ValueError``)."""
+    if not isinstance(value, str):
         raise TypeError(f"`{name}` must be a non-empty string, got {value!r}.")
+    if not value:
+        raise ValueError(f"`{name}` must be a non-empty string, got {value!r}.")
     return value

@@ -1,7 +1,8 @@
 """Training checkpoints: everything needed to resume a run exactly where it stopped.
 
 A checkpoint is one file, ``checkpoint.pt`` in the checkpoint folder, rewritten atomically
-(temporary file in the same folder, then :func:`os.replace`) so that a run killed at any
+(spacon's one writer, :func:`spacon._io.atomic_write`: temporary file in the same folder,
+flushed to disk, then :func:`os.replace`) so that a run killed at any
 moment leaves either the previous or the new checkpoint, never a truncated one. It holds
 the network and optimizer states, the number of finished epochs, the loss history, the
 early-stopping counters, every random number generator state (numpy sampler, torch CPU and
@@ -12,11 +13,12 @@ CUDA generators; one set per rank in distributed runs) and a *fingerprint* of th
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .._io import atomic_write
 
 FILE_NAME = "checkpoint.pt"
 _FORMAT_VERSION = 1
@@ -89,18 +91,8 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (plus the fingerprint) atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         payload = {"format_version": _FORMAT_VERSION, "fingerprint": self.fingerprint, **state}
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda tmp: torch.save(payload, tmp), suffix=".tmp")
 
     def remove_stale(self) -> None:
         """Delete temporary files a killed run left behind (only this module's own names)."""

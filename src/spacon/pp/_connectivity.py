@@ -23,6 +23,7 @@ from .._utils import (
     memory_budget,
     sparse_to_float32_csr,
 )
+from .._validators import check_key_added, is_real
 
 #: Edges sampled per cell when ``regions_key`` is given and ``top_k`` is not.
 _DEFAULT_REGION_TOP_K = 100
@@ -283,12 +284,12 @@ def _check_options(
     """Validate the scalar options; return them normalised (``top_k`` as a row count)."""
     if regions_key is not None and not isinstance(regions_key, str):
         raise TypeError(f"`regions_key` must be a column name of `adata.obs`, got {regions_key!r}.")
-    if not _is_real(decay) or not np.isfinite(decay):
+    if not is_real(decay) or not np.isfinite(decay):
         raise ValueError(f"`decay` must be a finite number, got {decay!r}.")
     if not isinstance(spatial_key, str):
         raise TypeError(f"`spatial_key` must be a key of `adata.obsm`, got {spatial_key!r}.")
     if threshold is not None:
-        if not _is_real(threshold) or not np.isfinite(threshold):
+        if not is_real(threshold) or not np.isfinite(threshold):
             raise ValueError(f"`threshold` must be a finite number or None, got {threshold!r}.")
         if threshold < 0:
             raise ValueError(
@@ -298,7 +299,7 @@ def _check_options(
         threshold = float(threshold)
     if top_k is None:
         k = _DEFAULT_REGION_TOP_K if regions_key is not None else None
-    elif isinstance(top_k, bool) or not _is_real(top_k):
+    elif isinstance(top_k, bool) or not is_real(top_k):
         raise TypeError(f"`top_k` must be an int, a float in (0, 1) or None, got {top_k!r}.")
     elif isinstance(top_k, (int, np.integer)):
         if top_k <= 0:
@@ -310,7 +311,7 @@ def _check_options(
         k = max(1, int(top_k * n_obs))
     if isinstance(self_loops, (bool, np.bool_)):
         self_loop_weight = 1.0 if self_loops else 0.0
-    elif _is_real(self_loops) and np.isfinite(self_loops) and self_loops > 0:
+    elif is_real(self_loops) and np.isfinite(self_loops) and self_loops > 0:
         self_loop_weight = float(self_loops)
     else:
         raise ValueError(
@@ -324,8 +325,7 @@ def _check_options(
         or block_size <= 0
     ):
         raise ValueError(f"`block_size` must be a positive int or None, got {block_size!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    check_key_added(key_added)
     return _Options(
         n_obs=n_obs,
         decay=float(decay),
@@ -360,10 +360,6 @@ def top_k_fraction_error(value: float, *, option: str = "top_k", n_obs: int | No
         f"Pass an integer number of edges per cell, e.g. {spell(example)}, or {every} to "
         "keep up to every cell."
     )
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- loading

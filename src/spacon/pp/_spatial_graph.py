@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from .._constants import Key
 from .._utils import check_adata, get_coordinates
+from .._validators import check_key_added
 
 _METHODS = ("knn", "radius")
 # Edges whose lengths are computed at once (bounds the temporary memory to ~100 MB).
@@ -306,8 +307,7 @@ def _check_options(
         )
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral)):
         raise TypeError(f"`n_jobs` must be an integer or None, got {n_jobs!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    check_key_added(key_added)
 
 
 def _section_ranks(

@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from .._constants import Key
 from .._utils import check_adata, get_coordinates
+from .._validators import check_key_added
 
 # Cells queried at once: bounds the (chunk, k) neighbour arrays to a few hundred MB.
 _CHUNK = 200_000
@@ -126,8 +127,8 @@ def refine(
         )
     if key_added is None:
         key_added = Key.refined(key)
-    elif not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    else:
+        check_key_added(key_added)
     coords = get_coordinates(adata, spatial_key=spatial_key)
     labels = adata.obs[key]
     cat = labels.cat if isinstance(labels.dtype, pd.CategoricalDtype) else None

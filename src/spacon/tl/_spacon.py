@@ -12,7 +12,8 @@ from scanpy import logging as logg
 from .. import pp
 from .._constants import Key
 from .._utils import check_adata, rollback_on_error
-from ._cluster import _check_cluster_options, _is_int, builds_graph, cluster
+from .._validators import is_int
+from ._cluster import _check_cluster_options, builds_graph, cluster
 from ._inputs import connectome_key_or_spatial
 from ._refine import refine as refine_domains
 from ._train import train
@@ -159,7 +160,7 @@ def _check_early(
         raise TypeError(f"`cluster_kwargs` has unknown options {unknown} for `sp.tl.cluster`.")
     n_neighbors = options.get("n_neighbors", defaults["n_neighbors"].default)
     method = options.get("method", defaults["method"].default)
-    if builds_graph(method, n_clusters) and _is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
+    if builds_graph(method, n_clusters) and is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
         raise ValueError(
             f"Clustering uses `n_neighbors={n_neighbors}` neighbours but `adata` has only "
             f"{adata.n_obs} cells; pass `cluster_kwargs={{'n_neighbors': "

@@ -54,12 +54,14 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> l
     if hidden_dims is None:
         return [n_features, 256, 128, 32]
     if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence):
-        raise ValueError(
+        raise TypeError(
             f"`hidden_dims` must be a list of layer widths, e.g. [{n_features}, 256, 128, 32], "
             f"got {hidden_dims!r}."
         )
     dims = list(hidden_dims)
-    if not dims or not all(is_int(d) and d > 0 for d in dims):
+    if not all(is_int(d) for d in dims):
+        raise TypeError(f"`hidden_dims` must be positive integers, got {hidden_dims!r}.")
+    if not dims or not all(d > 0 for d in dims):
         raise ValueError(f"`hidden_dims` must be positive integers, got {hidden_dims!r}.")
     dims = [int(d) for d in dims]
     if len(dims) >= 2 and dims[0] == n_features:
@@ -358,9 +360,13 @@ class _Options:
         if full_batch not in (True, False, "auto"):
             raise ValueError(f"`full_batch` must be True, False or 'auto', got {full_batch!r}.")
         num_neighbors = kw["num_neighbors"]
-        if isinstance(num_neighbors, (str, bytes)) or not isinstance(num_neighbors, Sequence):
-            raise ValueError(f"`num_neighbors` must be a list of integers, got {num_neighbors!r}.")
-        if not num_neighbors or not all(is_int(k) and (k >= 1 or k == -1) for k in num_neighbors):
+        if (
+            isinstance(num_neighbors, (str, bytes))
+            or not isinstance(num_neighbors, Sequence)
+            or not all(is_int(k) for k in num_neighbors)
+        ):
+            raise TypeError(f"`num_neighbors` must be a list of integers, got {num_neighbors!r}.")
+        if not num_neighbors or not all(k >= 1 or k == -1 for k in num_neighbors):
             raise ValueError(
                 f"`num_neighbors` must be integers >= 1 (or -1 for all), got {num_neighbors!r}."
             )
@@ -370,7 +376,7 @@ class _Options:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
         checkpoint_dir = kw["checkpoint_dir"]
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise ValueError(f"`checkpoint_dir` must be a folder path, got {checkpoint_dir!r}.")
+            raise TypeError(f"`checkpoint_dir` must be a folder path, got {checkpoint_dir!r}.")
         distributed = check_bool("distributed", kw["distributed"])
         if distributed and full_batch is True:
             raise ValueError(
@@ -384,7 +390,11 @@ class _Options:
             )
         if random_state is None:
             random_state = int(np.random.SeedSequence().generate_state(1)[0])
-        elif not is_int(random_state) or random_state < 0:
+        elif not is_int(random_state):
+            raise TypeError(
+                f"`random_state` must be a non-negative integer or None, got {random_state!r}."
+            )
+        elif random_state < 0:
             raise ValueError(
                 f"`random_state` must be a non-negative integer or None, got {random_state!r}."
             )
