@@ -30,6 +30,75 @@ def _panel_titles(
     return title, None
 
 
+def _image_library(adata: AnnData, img: bool | None, section_key: str | None) -> str | None:
+    """The ``uns["spatial"]`` library whose image ``domains`` draws under the spots, if any."""
+    if img is not None and not isinstance(img, bool):
+        raise TypeError(f"`img` must be True, False or None, got {img!r}.")
+    if img is False:
+        return None
+    spatial = adata.uns.get("spatial")
+    libraries = (
+        [k for k, v in spatial.items() if isinstance(v, dict) and v.get("images")]
+        if isinstance(spatial, dict)
+        else []
+    )
+    if img is None:
+        return libraries[0] if len(libraries) == 1 and section_key is None else None
+    if section_key is not None:
+        raise ValueError("`img=True` draws one image: leave `section_key` out.")
+    if len(libraries) != 1:
+        raise KeyError(
+            "`img=True` needs exactly one library with an image in `adata.uns['spatial']` "
+            f"(found {len(libraries)}); read the data with `squidpy.read.visium(...)` or "
+            "`scanpy.read_visium(...)`, or pass `img=False`."
+        )
+    return libraries[0]
+
+
+def _domains_on_image(
+    adata: AnnData,
+    key: str,
+    labels,
+    library: str,
+    *,
+    spatial_key: str,
+    palette: u.Palette,
+    title: str | Sequence[str] | None,
+    legend: bool,
+    panel_size: tuple[float, float],
+    ax: Axes | None,
+    show: bool | None,
+    save: str | Path | None,
+) -> Figure | None:
+    """:func:`domains` over the tissue image, drawn by :func:`squidpy.pl.spatial_scatter`."""
+    import squidpy as sq
+
+    colors, _ = u.category_rgba(adata, key, labels.categories, palette)
+    # squidpy (through scanpy) may store colours in `uns`: give it a light copy, not `adata`
+    light = AnnData(
+        obs=adata.obs[[]].assign(**{key: labels}),
+        obsm={spatial_key: np.asarray(adata.obsm[spatial_key])},
+        uns={"spatial": {library: adata.uns["spatial"][library]}},
+    )
+    show = u.resolve_show(show)
+    if ax is None:
+        fig, axes = u.grid(1, 1, panel_size, show=show)
+        ax = axes[0]
+    fig = ax.figure
+    sq.pl.spatial_scatter(
+        light,
+        color=key,
+        library_id=library,
+        spatial_key=spatial_key,
+        img=True,
+        palette=mcolors.ListedColormap([colors[c] for c in labels.categories]),
+        title=key if title is None else title,
+        legend_loc="right margin" if legend else None,
+        ax=ax,
+    )
+    return u.finish(fig, show=show, save=save)
+
+
 def domains(
     adata: AnnData,
     *,
@@ -44,11 +113,16 @@ def domains(
     legend: bool = True,
     invert_yaxis: bool = True,
     panel_size: tuple[float, float] = (4.0, 4.0),
+    img: bool | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure | None:
     """Spatial scatter of the cells coloured by domain, one panel per section.
+
+    On image-backed data (Visium: a tissue image in ``adata.uns["spatial"]``, as
+    :func:`scanpy.read_visium` or :func:`squidpy.read.visium` store it) the spots are drawn
+    over the image by :func:`squidpy.pl.spatial_scatter`, with the same colours.
 
     Parameters
     ----------
@@ -78,6 +152,11 @@ def domains(
         Image convention (y grows downwards), as :func:`squidpy.pl.spatial_scatter`.
     panel_size
         Width and height of one panel in inches.
+    img
+        Draw the tissue image under the spots (through squidpy). ``None``: when
+        ``adata.uns["spatial"]`` holds exactly one library with an image and no
+        ``section_key`` is given. With the image, ``point_size``, ``invert_yaxis`` and
+        ``ncols`` are squidpy's concern (spot size from the library's scale factors).
     ax
         Draw into this axes (single panel only).
     show
@@ -95,8 +174,15 @@ def domains(
     >>> import spacon as sp
     >>> sp.pl.domains(adata, key="spacon", section_key="section", ncols=3)
     >>> fig = sp.pl.domains(adata, show=False, save="figures/domains.png")
+    >>> sp.pl.domains(visium, img=True)  # spots over the H&E image
     """
     labels = u.get_labels(adata, key)
+    library = _image_library(adata, img, section_key)
+    if library is not None:
+        return _domains_on_image(
+            adata, key, labels, library, spatial_key=spatial_key, palette=palette,
+            title=title, legend=legend, panel_size=panel_size, ax=ax, show=show, save=save,
+        )  # fmt: skip
     u.check_ncols(ncols)
     coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
     rows, chosen = u.section_rows(adata, section_key, sections)
