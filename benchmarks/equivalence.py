@@ -27,8 +27,9 @@ import scipy.sparse as sp_sparse
 import torch
 import torch.nn.functional as F
 
-import _reference
 from spacon._core import CSR, GraphTensors, SpaconNet
+
+import _reference
 
 
 def _load_reference_model():

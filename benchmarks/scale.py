@@ -74,7 +74,6 @@ def run_child(opts: argparse.Namespace) -> dict:
     n = opts.n_cells
     work = Path(opts.workdir) / f"n{n}"
     stages = opts.stages.split(",")
-    steps = [s for st in stages for s in STAGES[st]]
     result: dict = {"n_cells": n, "steps": {}, "rss_after": {}, "threads": torch.get_num_threads()}
 
     result["cpu_s"] = {}

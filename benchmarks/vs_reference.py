@@ -70,8 +70,9 @@ def make_data(seed: int):
 def score(adata, spatial_emb: np.ndarray, connectome_emb: np.ndarray, seed: int) -> dict:
     """Cluster two embeddings with ``sp.tl.cluster`` for every task; ARI and NMI."""
     import anndata as ad
-    import spacon as sp
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    import spacon as sp
 
     holder = ad.AnnData(obs=adata.obs[["area", "network"]].copy())
     holder.obsm["X_spacon_spatial"] = np.asarray(spatial_emb, dtype=np.float32)
@@ -114,8 +115,9 @@ def run_spacon(adata, seed: int, **train_kwargs) -> dict:
 
 
 def run_reference(adata, seed: int, threads: int) -> dict:
-    import _reference
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    import _reference
 
     res = _reference.run(
         adata.X,

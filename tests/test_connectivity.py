@@ -559,7 +559,7 @@ def _check_region_graph(adata, fc, top_k, decay=0.0):
 def test_region_level_edges(decay):
     adata = make_region_adata()
     spacon.pp.connectivity(adata, REGION_FC, regions_key="region", top_k=10, decay=decay)
-    graph = _check_region_graph(adata, REGION_FC, 10, decay)
+    _check_region_graph(adata, REGION_FC, 10, decay)
     region = adata.obs["region"].to_numpy()
     per_cell = np.diff(graph_of(adata).indptr)
     assert (per_cell[region == "D"] == 0).all()  # D projects nowhere
@@ -686,7 +686,7 @@ def built():
 
 
 def test_error_shapes(built):
-    _raises(built, ValueError, rf"shape \(40, 41\), expected \(40, 40\)", np.ones((N, N + 1)))
+    _raises(built, ValueError, r"shape \(40, 41\), expected \(40, 40\)", np.ones((N, N + 1)))
     _raises(built, ValueError, r"expected \(40, 40\)", np.ones(N))
     _raises(built, ValueError, r"expected \(40, 40\)", sp_sparse.csr_matrix((N + 1, N + 1)))
     _raises(built, ValueError, r"expected \(4, 4\)", np.ones((3, 3)), regions_key="region")

@@ -264,6 +264,7 @@ def _raise_terminated(signum, frame) -> None:
 def _train(args: argparse.Namespace) -> int:
     import anndata as ad
     import scanpy as sc
+
     from . import pp, tl
     from ._constants import Key
     from ._core._distributed import launch_env
