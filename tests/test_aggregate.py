@@ -11,8 +11,8 @@ from sklearn.metrics import adjusted_rand_score
 
 import spacon as sp
 from spacon import Key
+from spacon._constants import DEFAULT_HOPS
 from spacon.tl._aggregate import aggregate_neighbors, check_hops, mean_operator
-from spacon.tl._cluster import DEFAULT_HOPS
 
 
 def _path_graph(n: int, weight: float = 3.0) -> sp_sparse.csr_matrix:

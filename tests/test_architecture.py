@@ -17,7 +17,7 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 PACKAGE = SRC / "spacon"
 #: modules that import private ``spacon.tl`` names; to empty as they move to public ones
-PL_PRIVATE_TL_ALLOWED = {"spacon.pl._sweep"}
+PL_PRIVATE_TL_ALLOWED: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

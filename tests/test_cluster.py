@@ -12,7 +12,7 @@ from spacon import Key
 from functools import partial
 
 from spacon.tl._cluster import cluster as _cluster
-from spacon.tl._cluster import mix_embeddings, mixing_weight
+from spacon.tl._features import mix_embeddings, mixing_weight
 from spacon.tl._refine import refine
 
 N_CELLS = 300
@@ -225,15 +225,15 @@ def test_fewer_distinct_cells_than_domains_warns(method, monkeypatch):
 
 
 def test_gmm_in_chunks_matches_one_block(monkeypatch):
-    from spacon.tl import _cluster
+    from spacon.tl import _clusterers
 
     sheared = _sheared(1)
-    x = _cluster.mix_embeddings(
+    x = mix_embeddings(
         sheared.obsm[Key.obsm.spatial_embedding], sheared.obsm[Key.obsm.connectome_embedding], 0.3
     )
-    whole = _cluster._gmm(x, 3, 0)
-    monkeypatch.setattr(_cluster, "_GMM_CHUNK", 37)
-    np.testing.assert_array_equal(_cluster._gmm(x, 3, 0), whole)
+    whole = _clusterers._gmm(x, 3, 0)
+    monkeypatch.setattr(_clusterers, "_GMM_CHUNK", 37)
+    np.testing.assert_array_equal(_clusterers._gmm(x, 3, 0), whole)
     assert set(np.unique(whole)) == {0, 1, 2}
 
 
@@ -319,7 +319,7 @@ def test_embedding_errors_leave_adata_unchanged(problem):
     adata = _planted(n=60)
     if problem == "missing":
         del adata.obsm[Key.obsm.connectome_embedding]
-        error, match = KeyError, r"sp\.tl\.embed"
+        error, match = KeyError, r"sp\.tl\.train"
     elif problem == "nan":
         adata.obsm[Key.obsm.spatial_embedding][3, 2] = np.nan
         error, match = ValueError, "NaN"
@@ -442,9 +442,9 @@ def test_refine_missing_labels_error():
 @pytest.mark.slow
 def test_approximate_knn_path(monkeypatch):
     # large data go through pynndescent (wrapped to return a scipy matrix for scanpy)
-    from spacon.tl import _cluster
+    from spacon.tl import _clusterers
 
-    monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
+    monkeypatch.setattr(_clusterers, "_EXACT_KNN_MAX", 50)
     adata = _planted()
     cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15, method="leiden")
     assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
@@ -458,7 +458,7 @@ def test_large_data_knn_wrapper_feeds_scanpy_a_scipy_matrix(monkeypatch):
     import scipy.sparse as sp_sparse
     from sklearn.neighbors import KNeighborsTransformer
 
-    from spacon.tl import _cluster
+    from spacon.tl import _clusterers
 
     class FakeNNDescent:
         def __init__(self, *, n_neighbors, metric, random_state, n_jobs, n_trees, n_iters):
@@ -470,9 +470,92 @@ def test_large_data_knn_wrapper_feeds_scanpy_a_scipy_matrix(monkeypatch):
         def fit_transform(self, x):
             return sp_sparse.csr_array(self.knn.fit_transform(x))
 
-    monkeypatch.setattr(_cluster, "_EXACT_KNN_MAX", 50)
+    monkeypatch.setattr(_clusterers, "_EXACT_KNN_MAX", 50)
     monkeypatch.setattr(pynndescent, "PyNNDescentTransformer", FakeNNDescent)
     adata = _planted()
     cluster(adata, alpha=0.0, n_clusters=3, n_neighbors=15, method="leiden")
     assert adata.uns["spacon_neighbors"]["params"]["transformer"] == "pynndescent"
     assert adjusted_rand_score(adata.obs["spa_truth"], adata.obs[Key.obs.domains]) > 0.9
+
+
+# ------------------------------------------------------- methods, auto k, embedding_key
+
+
+def test_registry_names_every_method_and_partition_dispatches():
+    from spacon.tl._clusterers import CLUSTERERS, FIXED_K_METHODS, partition
+
+    assert set(CLUSTERERS) == {"leiden", "louvain", "kmeans", "gmm"}
+    assert set(FIXED_K_METHODS) <= set(CLUSTERERS)
+    adata = _planted()
+    x = adata.obsm[Key.obsm.spatial_embedding]
+    for method in ("kmeans", "gmm", "leiden"):
+        result = partition(x, method=method, n_clusters=3, n_neighbors=15)
+        assert adjusted_rand_score(adata.obs["spa_truth"], result.labels) > 0.95
+        assert (result.connectivities is None) == (method in FIXED_K_METHODS)
+
+
+def test_auto_n_clusters_finds_the_planted_number(tmp_path):
+    alpha, truth, k = 0.0, "spa_truth", 3
+    adata = _planted()
+    cluster(adata, alpha=alpha, n_clusters="auto", k_range=(2, 7), key_added="auto")
+    record = adata.uns["auto"]
+    assert record["params"]["n_clusters"] == k
+    assert record["params"]["n_clusters_requested"] == "auto"
+    assert record["params"]["k_range"] == [2, 7]
+    scores = record["n_clusters_stability"]
+    assert list(scores["k"]) == list(range(2, 8))
+    assert scores["k"][np.argmax(scores["stability"])] == k
+    assert adjusted_rand_score(adata.obs[truth], adata.obs["auto"]) > 0.95
+    adata.write_h5ad(tmp_path / "auto.h5ad")
+    back = ad.read_h5ad(tmp_path / "auto.h5ad")
+    np.testing.assert_allclose(back.uns["auto"]["n_clusters_stability"]["stability"], scores["stability"])
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"n_clusters": "auto", "method": "leiden"}, "not for 'leiden'"),
+        ({"n_clusters": "auto", "k_range": (1, 5)}, "k_range"),
+        ({"n_clusters": "auto", "k_range": (6, 5)}, "k_range"),
+        ({"n_clusters": "auto", "k_range": 5}, "k_range"),
+        ({"n_clusters": "many"}, "auto"),
+    ],
+)
+def test_auto_n_clusters_bad_options_leave_adata_unchanged(options, match):
+    adata = _planted(n=60)
+    snap = _snapshot(adata)
+    with pytest.raises(ValueError, match=match):
+        cluster(adata, alpha=0.0, **options)
+    _assert_unchanged(adata, snap)
+
+
+def test_embedding_key_reads_the_embeddings_of_another_embed():
+    adata = _planted()
+    keys = Key.embedding("other")
+    # the "other" embeddings swap the roles: their spatial side holds the 4 planted groups
+    adata.obsm[keys.spatial] = adata.obsm[Key.obsm.connectome_embedding]
+    adata.obsm[keys.connectome] = adata.obsm[Key.obsm.spatial_embedding]
+    cluster(adata, alpha=0.0, n_clusters=4, embedding_key="other", key_added="o")
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["o"]) > 0.95
+    assert adata.uns["o"]["params"]["embedding_key"] == "other"
+    with pytest.raises(KeyError, match=r"key_added='missing'"):
+        cluster(adata, alpha=0.0, n_clusters=4, embedding_key="missing")
+
+
+def test_alpha_sweep_writes_matched_labels_per_alpha():
+    import spacon as sp
+
+    adata = _planted()
+    sp.tl.alpha_sweep(adata, alphas=[0.0, 1.0], n_clusters=4, hops=(0,), key_added="sw")
+    record = adata.uns["sw"]
+    assert list(record["keys"]) == ["sw_alpha0", "sw_alpha1"]
+    np.testing.assert_allclose(record["f"], [0.0, 1.0])
+    assert list(record["n_clusters"]) == [4, 4]
+    assert adjusted_rand_score(adata.obs["con_truth"], adata.obs["sw_alpha1"]) > 0.95
+    # the same labels as tl.cluster at that alpha, with numbers matched to the previous alpha
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="one")
+    assert adjusted_rand_score(adata.obs["one"], adata.obs["sw_alpha1"]) == 1.0
+    copy = sp.tl.alpha_sweep(adata, alphas=0.5, n_clusters=3, hops=(0,), key_added="c", copy=True)
+    assert "c_alpha0.5" in copy.obs and "c_alpha0.5" not in adata.obs
+    with pytest.raises(ValueError, match="auto"):
+        sp.tl.alpha_sweep(adata, n_clusters="auto")

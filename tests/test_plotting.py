@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import spacon as sp  # noqa: E402
 from spacon import Key  # noqa: E402
-from spacon.pl._sweep import _align  # noqa: E402
+from spacon.tl._sweep import match_labels as _align  # noqa: E402
 
 N_PER_SECTION = 100
 
@@ -166,7 +166,7 @@ def test_alpha_sweep_leaves_adata_unchanged(adata, tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         sp.pl.alpha_sweep(adata, alphas=(0.0, 2.0), show=False)
     del adata.obsm[Key.obsm.spatial_embedding]
-    with pytest.raises(KeyError, match="embed"):
+    with pytest.raises(KeyError, match="train"):
         sp.pl.alpha_sweep(adata, show=False)
 
 

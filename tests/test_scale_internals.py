@@ -22,7 +22,7 @@ from spacon._core import (
     train_network,
 )
 from spacon._core._layers import _sparse_dense
-from spacon.tl._cluster import _extrapolate, _interpolate
+from spacon.tl._clusterers import _extrapolate, _interpolate
 
 
 def _graph(n: int, seed: int) -> GraphTensors:

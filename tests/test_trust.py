@@ -10,6 +10,7 @@ the threshold, symmetric when asked) live in ``test_connectivity.py``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -22,6 +23,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp_sparse
+from conftest import make_adata as data_factory
 
 import spacon as sp
 from spacon import Key
@@ -38,19 +40,7 @@ N, N_GENES = 80, 20
 TRAIN = {"hidden_dims": [16, 8, 4], "n_epochs": 2, "progress": False}
 
 
-def make_adata(n: int = N, n_genes: int = N_GENES, *, seed: int = 0):
-    """Log-normalised expression, 2-D coordinates and a dense positive fc (``n x n``)."""
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 10, (n, 2))
-    x = np.log1p(rng.poisson(2.0, (n, n_genes))).astype(np.float32)
-    adata = ad.AnnData(x)
-    adata.obs_names = [f"cell{i}" for i in range(n)]
-    adata.var_names = [f"gene{i}" for i in range(n_genes)]
-    adata.obs["region"] = pd.Categorical(np.where(xy[:, 0] < 5, "left", "right"))
-    adata.obsm[Key.obsm.spatial] = xy
-    d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)
-    fc = np.exp(-d2 / 20.0) + rng.uniform(0, 0.1, (n, n))
-    return adata, ((fc + fc.T) / 2).astype(np.float32)
+make_adata = functools.partial(data_factory, "expression")
 
 
 def with_graphs(adata, fc):
@@ -459,9 +449,9 @@ def test_steps_out_of_order():
     adata, _ = make_adata()
     fails_cleanly(adata, lambda a: sp.tl.train(a), KeyError, "Run `sp.pp.connectivity")
     fails_cleanly(adata, lambda a: sp.tl.embed(a), ValueError, r"run `sp\.tl\.train")
-    fails_cleanly(adata, lambda a: sp.tl.cluster(a), KeyError, r"run `sp\.tl\.embed")
+    fails_cleanly(adata, lambda a: sp.tl.cluster(a), KeyError, r"run `sp\.tl\.train")
     fails_cleanly(adata, lambda a: sp.pl.loss(a, show=False), KeyError, r"sp\.tl\.train")
-    fails_cleanly(adata, lambda a: sp.pl.alpha_sweep(a, show=False), KeyError, r"sp\.tl\.embed")
+    fails_cleanly(adata, lambda a: sp.pl.alpha_sweep(a, show=False), KeyError, r"sp\.tl\.train")
 
 
 # --------------------------------------------------------- warnings, not errors

@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 #: ``key_added`` of :func:`spacon.tl.embed` and :func:`spacon.tl.cluster` by default.
 DEFAULT_KEY = "spacon"
+#: Neighbourhood scales added to the mix by default (hops of the spatial graph), chosen on
+#: the development sets of ``benchmarks/domains.py``.
+DEFAULT_HOPS = (0, 8)
 
 
 class EmbeddingKeys(NamedTuple):

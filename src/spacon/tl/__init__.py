@@ -8,10 +8,12 @@ from ._predict import predict_connectivity
 from ._pyg import to_pyg
 from ._refine import refine
 from ._spacon import spacon
+from ._sweep import alpha_sweep
 from ._train import train
 
 __all__ = [
     "SpaconModel",
+    "alpha_sweep",
     "cluster",
     "domain_composition",
     "embed",
