@@ -137,3 +137,23 @@ def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
     assert adata.uns["none"]["params"]["n_pcs"] == 0
     with pytest.raises(ValueError, match="n_pcs"):
         sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=-1)
+
+
+def test_expression_block_honours_highly_variable_genes():
+    from spacon.tl._features import expression_pcs
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(80, 10)).astype(np.float32)
+    adata = ad.AnnData(X=x)
+    hvg = np.zeros(10, dtype=bool)
+    hvg[:4] = True
+    adata.var["highly_variable"] = hvg
+    pcs = expression_pcs(adata, 3, 0)
+    only = expression_pcs(ad.AnnData(X=x[:, :4]), 3, 0)
+    np.testing.assert_allclose(np.abs(pcs), np.abs(only), atol=1e-4)
+    # too few marked genes: every gene is used, as before
+    adata.var["highly_variable"] = np.eye(10, dtype=bool)[0]
+    assert expression_pcs(adata, 3, 0).shape == (80, 3)
+    np.testing.assert_allclose(
+        np.abs(expression_pcs(adata, 3, 0)), np.abs(expression_pcs(ad.AnnData(X=x), 3, 0)), atol=1e-4
+    )

@@ -179,7 +179,9 @@ def cluster(
         ``alpha=1`` the block vanishes. Over the development sets (5 seeds) it raised
         every set: osmFISH 0.620 -> 0.632, hypothalamus 0.350 -> 0.380, flatmap alpha=0
         0.923 -> 0.978, alpha=1 unchanged (``benchmarks/README.md``). ``None`` or ``0``
-        leaves the expression out (also when ``adata`` holds no ``X``).
+        leaves the expression out (also when ``adata`` holds no ``X``). Only the highly
+        variable genes are used when ``adata.var["highly_variable"]`` marks some, as in
+        :func:`scanpy.pp.pca`.
     k_range
         ``(k_min, k_max)``, the candidates of ``n_clusters="auto"`` (inclusive).
     embedding_key

@@ -34,14 +34,20 @@ def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.
 
 
 def expression_pcs(adata: AnnData, n_comps: int | None, random_state: int) -> np.ndarray | None:
-    """The first ``n_comps`` principal components of ``adata.X`` (``None`` when ``n_comps``
-    is ``None``/0 or ``adata`` holds no expression)."""
+    """The first ``n_comps`` principal components of ``adata.X``, of the highly variable
+    genes only when ``adata.var["highly_variable"]`` marks some (as :func:`scanpy.pp.pca`
+    does); ``None`` when ``n_comps`` is ``None``/0 or ``adata`` holds no expression."""
     if not n_comps or adata.X is None or adata.n_vars < 2:
         return None
     import scanpy as sc
 
-    n_comps = min(int(n_comps), adata.n_vars - 1, adata.n_obs - 1)
-    pcs = sc.pp.pca(adata.X, n_comps=n_comps, random_state=random_state)
+    x = adata.X
+    if "highly_variable" in adata.var:
+        mask = np.asarray(adata.var["highly_variable"], dtype=bool)
+        if mask.sum() >= 2:
+            x = x[:, mask]
+    n_comps = min(int(n_comps), x.shape[1] - 1, adata.n_obs - 1)
+    pcs = sc.pp.pca(x, n_comps=n_comps, random_state=random_state)
     return np.asarray(pcs, dtype=np.float32)
 
 
