@@ -247,6 +247,13 @@ def test_errors():
 # --------------------------------------------------------------------------- plot
 
 
+def _figure_of(out):
+    """The figure of what a plot function returned (a figure, an axes or a list of axes)."""
+    if isinstance(out, list):
+        out = out[0]
+    return getattr(out, "figure", out)
+
+
 def test_plot_one_line_per_representation(tmp_path):
     import matplotlib
 
@@ -255,7 +262,8 @@ def test_plot_one_line_per_representation(tmp_path):
     sp.tl.predict_connectivity(
         adata, use_rep="hidden", baselines=("distance",), n_folds=3, distance_bins=3
     )
-    fig = sp.pl.connectivity_prediction(adata, show=False, save=tmp_path / "pred.png")
+    out = sp.pl.connectivity_prediction(adata, show=False, save=tmp_path / "pred.png")
+    fig = _figure_of(out)
     assert len(fig.axes) == 3
     assert (tmp_path / "pred.png").stat().st_size > 0
     lines = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
@@ -268,7 +276,7 @@ def test_plot_one_line_per_representation(tmp_path):
     out = sp.pl.connectivity_prediction(
         adata, metrics="auroc", representations=["distance"], ax=ax, show=False
     )
-    assert out is ax.figure
+    assert _figure_of(out) is ax.figure
     with pytest.raises(ValueError, match="single metric"):
         sp.pl.connectivity_prediction(adata, ax=ax, show=False)
     with pytest.raises(ValueError, match="metrics"):
