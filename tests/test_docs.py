@@ -12,7 +12,7 @@ import pytest
 import spacon as sp
 
 ROOT = Path(__file__).parents[1]
-NAMESPACES = {"pp": sp.pp, "tl": sp.tl, "pl": sp.pl, "datasets": sp.datasets}
+NAMESPACES = {"pp": sp.pp, "tl": sp.tl, "pl": sp.pl, "io": sp.io, "datasets": sp.datasets}
 
 
 def public_objects():
