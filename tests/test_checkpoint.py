@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
@@ -10,13 +11,11 @@ import sys
 import textwrap
 import time
 
-import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-import scipy.sparse as sp_sparse
 import torch
-from scipy.spatial import cKDTree
+from conftest import make_adata as data_factory
 
 import spacon as sp
 from spacon import Key
@@ -35,23 +34,7 @@ OPTIONS = {
 }
 
 
-def make_adata(n: int = 120, n_genes: int = 20, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 10, (n, 2))
-    x = np.log1p(rng.poisson(2.0, (n, n_genes))).astype(np.float32)
-    _, nbrs = cKDTree(xy).query(xy, k=7)
-    rows = np.repeat(np.arange(n), 6)
-    spatial = sp_sparse.csr_matrix((np.ones(6 * n, np.float32), (rows, nbrs[:, 1:].ravel())), (n, n))
-    spatial = ((spatial + spatial.T) > 0).astype(np.float32).tocsr()
-    con = sp_sparse.random(n, n, density=0.08, random_state=seed, format="csr", dtype=np.float32)
-    con = con.maximum(con.T).tocsr()
-    con.setdiag(0)
-    con.eliminate_zeros()
-    adata = ad.AnnData(x)
-    adata.obsm[Key.obsm.spatial] = xy
-    adata.obsp[Key.obsp.spatial_connectivities] = spatial
-    adata.obsp[Key.obsp.connectome_connectivities] = con
-    return adata
+make_adata = functools.partial(data_factory, "graphs")
 
 
 @pytest.fixture(scope="module")

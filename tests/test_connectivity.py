@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import tracemalloc
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp_sparse
+from conftest import make_adata as data_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,14 +27,7 @@ UNS = Key.neighbors("connectome")
 # --------------------------------------------------------------------------- helpers
 
 
-def make_adata(n: int = N, seed: int = 0, n_dims: int = 2) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    adata = ad.AnnData(
-        X=rng.random((n, 3)).astype(np.float32),
-        obs=pd.DataFrame(index=[f"cell{i}" for i in range(n)]),
-    )
-    adata.obsm[Key.obsm.spatial] = rng.random((n, n_dims)) * 20
-    return adata
+make_adata = functools.partial(data_factory, "random_x", n=N)
 
 
 def make_fc(n: int = N, seed: int = 1, zeros: float = 0.2) -> np.ndarray:

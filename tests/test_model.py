@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp_sparse
 import torch
-from scipy.spatial import cKDTree
+from conftest import make_adata as data_factory
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
@@ -21,51 +23,7 @@ from spacon.tl import SpaconModel
 DIMS = [24, 12, 6]  # hidden widths after the input, small for speed
 
 
-def make_adata(n: int = 360, n_genes: int = 40, *, seed: int = 0, sparse: bool = True):
-    """Random 2-D spots in 4 quadrant domains; expression and connectome follow the domains.
-
-    The connectome links every spot mostly to spots of the partner domain (0<->3, 1<->2),
-    plus weak random links, so the connectome carries structure the space does not.
-    """
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, 10, (n, 2))
-    domain = (xy[:, 0] > 5).astype(int) + 2 * (xy[:, 1] > 5).astype(int)
-    programs = rng.normal(0, 1, (4, n_genes))
-    x = rng.poisson(np.exp(0.4 * programs[domain] + 0.5)).astype(np.float32)
-    x = np.log1p(x)
-    # spatial KNN-8, symmetric, binary, no self-loops
-    _, nbrs = cKDTree(xy).query(xy, k=9)
-    rows = np.repeat(np.arange(n), 8)
-    spatial = sp_sparse.csr_matrix(
-        (np.ones(n * 8, np.float32), (rows, nbrs[:, 1:].ravel())), (n, n)
-    )
-    spatial = ((spatial + spatial.T) > 0).astype(np.float32)
-    # connectome: 12 partner-domain links + 3 random weak links per spot
-    partner = 3 - domain
-    src, dst, w = [], [], []
-    for d in range(4):
-        members = np.flatnonzero(domain == d)
-        targets = np.flatnonzero(domain == partner[members[0]])
-        src.append(np.repeat(members, 12))
-        dst.append(rng.choice(targets, size=12 * len(members)))
-        w.append(rng.uniform(0.6, 1.0, 12 * len(members)))
-    src.append(np.repeat(np.arange(n), 3))
-    dst.append(rng.integers(0, n, 3 * n))
-    w.append(rng.uniform(0.05, 0.2, 3 * n))
-    con = sp_sparse.csr_matrix(
-        (np.concatenate(w), (np.concatenate(src), np.concatenate(dst))), (n, n)
-    )
-    con = con.maximum(con.T).tocsr()
-    con.setdiag(0)
-    con.eliminate_zeros()
-    adata = ad.AnnData(sp_sparse.csr_matrix(x) if sparse else x)
-    adata.obs_names = [f"spot{i}" for i in range(n)]
-    adata.var_names = [f"gene{i}" for i in range(n_genes)]
-    adata.obs["domain"] = domain.astype(str)
-    adata.obsm[Key.obsm.spatial] = xy
-    adata.obsp[Key.obsp.spatial_connectivities] = sp_sparse.csr_matrix(spatial)
-    adata.obsp[Key.obsp.connectome_connectivities] = con.astype(np.float32)
-    return adata
+make_adata = functools.partial(data_factory, "domains")
 
 
 @pytest.fixture(scope="module")

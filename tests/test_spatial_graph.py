@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import anndata as ad
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp_sparse
+from conftest import make_adata as data_factory
 from scipy.spatial.distance import cdist
 
 from spacon import pp
@@ -22,14 +24,7 @@ NEIGHS = Key.neighbors("spatial")
 # --------------------------------------------------------------------------- helpers
 
 
-def _make_adata(coords: np.ndarray, **obs_columns) -> ad.AnnData:
-    n = coords.shape[0]
-    adata = ad.AnnData(
-        X=np.zeros((n, 3), dtype=np.float32),
-        obs=pd.DataFrame(obs_columns, index=[f"cell{i}" for i in range(n)]),
-    )
-    adata.obsm[Key.obsm.spatial] = coords
-    return adata
+_make_adata = functools.partial(data_factory, "at")
 
 
 def _brute_knn(coords: np.ndarray, k: int) -> np.ndarray:
