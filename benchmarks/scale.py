@@ -130,7 +130,7 @@ def run_child(opts: argparse.Namespace) -> dict:
                 embed=False,  # the embedding is timed on its own below
             ),
         )
-        result["train_loss"] = float(adata.uns["spacon_train"]["loss"][-1])
+        result["train_loss"] = float(adata.uns[sp.Key.uns.train]["loss"][-1])
         result["batch_size"] = opts.batch_size
         result["num_neighbors"] = list(opts.num_neighbors)
         if "embed" not in stages:
@@ -142,22 +142,22 @@ def run_child(opts: argparse.Namespace) -> dict:
         timed("embed", lambda: sp.tl.embed(adata, model=model, device=opts.device,
                                             progress=False))  # fmt: skip
         if "cluster" not in stages or "leiden" not in stages:
-            np.savez(work / "embedding.npz", spatial=adata.obsm["X_spacon_spatial"],
-                     connectome=adata.obsm["X_spacon_connectome"])  # fmt: skip
+            np.savez(work / "embedding.npz", spatial=adata.obsm[sp.Key.obsm.spatial_embedding],
+                     connectome=adata.obsm[sp.Key.obsm.connectome_embedding])  # fmt: skip
     elif "cluster" in stages or "leiden" in stages:
         saved = np.load(work / "embedding.npz")
-        adata.obsm["X_spacon_spatial"] = saved["spatial"]
-        adata.obsm["X_spacon_connectome"] = saved["connectome"]
+        adata.obsm[sp.Key.obsm.spatial_embedding] = saved["spatial"]
+        adata.obsm[sp.Key.obsm.connectome_embedding] = saved["connectome"]
 
     if "cluster" in stages:
 
         def cluster_refine():
             sp.tl.cluster(adata, alpha=opts.alpha, n_clusters=opts.n_clusters)
-            sp.tl.refine(adata, key="spacon", n_neighbors=25, section_key="section")
+            sp.tl.refine(adata, key=sp.Key.obs.domains, n_neighbors=25, section_key="section")
 
         timed("cluster_refine", cluster_refine)
-        result["n_clusters"] = int(adata.uns["spacon"]["params"]["n_clusters"])
-        result["cluster_method"] = str(adata.uns["spacon"]["params"]["method"])
+        result["n_clusters"] = int(adata.uns[sp.Key.obs.domains]["params"]["n_clusters"])
+        result["cluster_method"] = str(adata.uns[sp.Key.obs.domains]["params"]["method"])
     if "leiden" in stages:
         timed("cluster_leiden", lambda: sp.tl.cluster(adata, alpha=opts.alpha, method="leiden",
                                                       n_clusters=opts.n_clusters,

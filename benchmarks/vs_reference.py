@@ -75,12 +75,12 @@ def score(adata, spatial_emb: np.ndarray, connectome_emb: np.ndarray, seed: int)
     import spacon as sp
 
     holder = ad.AnnData(obs=adata.obs[["area", "network"]].copy())
-    holder.obsm["X_spacon_spatial"] = np.asarray(spatial_emb, dtype=np.float32)
-    holder.obsm["X_spacon_connectome"] = np.asarray(connectome_emb, dtype=np.float32)
+    holder.obsm[sp.Key.obsm.spatial_embedding] = np.asarray(spatial_emb, dtype=np.float32)
+    holder.obsm[sp.Key.obsm.connectome_embedding] = np.asarray(connectome_emb, dtype=np.float32)
     out = {}
     for alpha, truth, k in TASKS:
         sp.tl.cluster(holder, alpha=alpha, n_clusters=k, random_state=seed)
-        labels = holder.obs["spacon"]
+        labels = holder.obs[sp.Key.obs.domains]
         out[f"alpha{alpha:g}"] = {
             "truth": truth,
             "k": k,
@@ -100,7 +100,7 @@ def run_spacon(adata, seed: int, **train_kwargs) -> dict:
     start = time.perf_counter()
     sp.tl.embed(work, model, progress=False)
     embed_s = time.perf_counter() - start
-    record = work.uns["spacon_train"]
+    record = work.uns[sp.Key.uns.train]
     params = record["params"]
     n_epochs = int(record["n_epochs_run"])
     return {
@@ -110,7 +110,7 @@ def run_spacon(adata, seed: int, **train_kwargs) -> dict:
         "epoch_s": train_s / n_epochs,
         "mode": "full-batch" if params["full_batch"] else "minibatch",
         "lr": float(params["lr"]),
-        "quality": score(adata, work.obsm["X_spacon_spatial"], work.obsm["X_spacon_connectome"], seed),
+        "quality": score(adata, work.obsm[sp.Key.obsm.spatial_embedding], work.obsm[sp.Key.obsm.connectome_embedding], seed),
     }
 
 
