@@ -81,6 +81,7 @@ def load(dataset: str):
     """The data set with ``obs[TRUTH]`` and its graphs, ready for ``sp.tl.train``."""
     import anndata as ad
     import scanpy as sc
+
     import spacon as sp
 
     if dataset == "flatmap":
@@ -146,6 +147,7 @@ def cluster_embedding(adata, emb, *, k, seed, method="auto", alpha=0.0, connecto
     """``sp.tl.cluster`` on given embeddings: spacon's default call unless told otherwise
     (the baselines bring their own neighbourhood features, so they pass ``hops=(0,)``)."""
     import anndata as ad
+
     import spacon as sp
 
     holder = ad.AnnData(obs=adata.obs[[]].copy())
@@ -163,8 +165,10 @@ def cluster_embedding(adata, emb, *, k, seed, method="auto", alpha=0.0, connecto
 # ---------------------------------------------------------------------------- methods
 
 
-def run_spacon(adata, tasks: list[Task], seed: int, train: dict, cluster: dict) -> dict:
-    """Train and embed once, then cluster for every task of the data set."""
+def run_spacon(adata, tasks: list[Task], seed: int, train: dict, cluster: dict,
+               auto_k: bool = False) -> dict:
+    """Train and embed once, then cluster for every task of the data set; with ``auto_k``
+    also with ``n_clusters="auto"`` (method "spacon auto-k")."""
     import spacon as sp
 
     work = adata.copy()
@@ -179,7 +183,13 @@ def run_spacon(adata, tasks: list[Task], seed: int, train: dict, cluster: dict) 
                       key_added="domains", **cluster)
         key = "domains_refined" if cluster.get("refine") else "domains"
         labels = work.obs[key].to_numpy()
-        out[task.name] = (labels, trained + time.perf_counter() - begin)
+        out[task.name, "spacon"] = (labels, trained + time.perf_counter() - begin)
+        if auto_k:
+            begin = time.perf_counter()
+            sp.tl.cluster(work, alpha=task.alpha, n_clusters="auto", random_state=seed,
+                          key_added="auto", **cluster)
+            out[task.name, "spacon auto-k"] = (work.obs["auto"].to_numpy(),
+                                               trained + time.perf_counter() - begin)
     return out
 
 
@@ -308,7 +318,8 @@ def summarize(runs: list[dict]) -> dict:
     secs = np.array([r["seconds"] for r in runs])
     return {"ari_mean": float(ari.mean()), "ari_sd": float(ari.std()),
             "ari_min": float(ari.min()), "nmi_mean": float(nmi.mean()),
-            "seconds": float(secs.mean()), "per_seed": runs}
+            "seconds": float(secs.mean()), "k_mean": float(np.mean([r["n_clusters"] for r in runs])),
+            "per_seed": runs}
 
 
 def hypothalamus_mean(table: dict) -> dict:
@@ -343,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", type=json.loads, default={},
                         help="extra sp.tl.cluster options for spacon, as JSON")
     parser.add_argument("--no-peers", action="store_true", help="spacon only")
+    parser.add_argument("--auto-k", action="store_true",
+                        help='also spacon with n_clusters="auto" (reports the k it chose)')
     parser.add_argument("--reference", action="store_true", help="also the published SpaCon")
     parser.add_argument("--stagate", action="store_true", help="also STAGATE (osmFISH)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -377,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         adata = load(dataset)
         mine = [t for t in tasks if t.dataset == dataset]
         for seed in seeds:
-            for name, (labels, seconds) in run_spacon(
-                    adata, mine, seed, args.train, args.cluster).items():
-                record(next(t for t in mine if t.name == name), "spacon", seed, labels,
+            for (name, method), (labels, seconds) in run_spacon(
+                    adata, mine, seed, args.train, args.cluster, args.auto_k).items():
+                record(next(t for t in mine if t.name == name), method, seed, labels,
                        seconds, adata)
             for task in mine:
                 if task.alpha != 0:
@@ -405,11 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     mean = hypothalamus_mean(summary)
     if mean:
         summary["hypothalamus, mean of 5 slices"] = mean
-    print(f"\n{'task':<32} {'method':<18} {'ARI mean +- sd (min)':<24} {'NMI':<6} s/run")
+    print(f"\n{'task':<32} {'method':<18} {'ARI mean +- sd (min)':<24} {'NMI':<6} s/run  k")
     for task, by_method in summary.items():
         for method, s in by_method.items():
             print(f"{task:<32} {method:<18} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
-                  f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}  {s['seconds']:.1f}")
+                  f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}  {s['seconds']:.1f}  "
+                  f"{s.get('k_mean', float('nan')):.1f}")
     print(f"(seeds {seeds}; hypothalamus mean: sd is the mean per-slice sd, min the worst "
           "slice's mean)")
     result = {"date": str(datetime.date.today()), "seeds": seeds, "train": args.train,

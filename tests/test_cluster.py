@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -9,8 +11,6 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from spacon import Key
-from functools import partial
-
 from spacon.tl._cluster import cluster as _cluster
 from spacon.tl._features import mix_embeddings, mixing_weight
 from spacon.tl._refine import refine
@@ -216,7 +216,7 @@ def test_fewer_distinct_cells_than_domains_warns(method, monkeypatch):
         obs=pd.DataFrame(index=[f"c{i}" for i in range(6)]),
         obsm={Key.obsm.spatial_embedding: points, Key.obsm.connectome_embedding: points},
     )
-    with pytest.warns(Warning):  # scikit-learn's k-means says so too
+    with pytest.warns(Warning, match="distinct"):  # scikit-learn's k-means says so too
         cluster(adata, alpha=0.0, n_clusters=4, method=method)
     labels = adata.obs[Key.obs.domains]
     assert labels.nunique() == adata.uns[Key.obs.domains]["params"]["n_clusters"] == 3
@@ -559,3 +559,20 @@ def test_alpha_sweep_writes_matched_labels_per_alpha():
     assert "c_alpha0.5" in copy.obs and "c_alpha0.5" not in adata.obs
     with pytest.raises(ValueError, match="auto"):
         sp.tl.alpha_sweep(adata, n_clusters="auto")
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"key_added": ""}, ValueError),
+        ({"key_added": 3}, TypeError),
+        ({"embedding_key": ""}, ValueError),
+        ({"neighbors_key": 1.5}, TypeError),
+    ],
+)
+def test_bad_keys_follow_the_validators_rule(options, error):
+    adata = _planted(n=60)
+    snap = _snapshot(adata)
+    with pytest.raises(error, match="non-empty string"):
+        cluster(adata, alpha=0.0, n_clusters=3, **options)
+    _assert_unchanged(adata, snap)

@@ -16,7 +16,7 @@ from scanpy import logging as logg
 
 from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._utils import check_adata
-from .._validators import is_int, is_real
+from .._validators import check_key_added, is_int, is_real
 from ._aggregate import check_hops
 from ._clusterers import (
     CLUSTERERS,
@@ -241,14 +241,11 @@ def cluster(
     )
     if not is_int(random_state):
         raise TypeError(f"`random_state` must be an integer, got {random_state!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, got {key_added!r}.")
-    if not isinstance(embedding_key, str) or not embedding_key:
-        raise TypeError(f"`embedding_key` must be a non-empty string, got {embedding_key!r}.")
+    check_key_added(key_added)
+    check_key_added(embedding_key, name="embedding_key")
     if neighbors_key is None:
         neighbors_key = f"{key_added}_neighbors"
-    elif not isinstance(neighbors_key, str) or not neighbors_key:
-        raise TypeError(f"`neighbors_key` must be a non-empty string, got {neighbors_key!r}.")
+    check_key_added(neighbors_key, name="neighbors_key")
     hops = check_hops(hops)
     if n_pcs is not None and (not is_int(n_pcs) or n_pcs < 0):
         raise ValueError(f"`n_pcs` must be a non-negative integer or None, got {n_pcs!r}.")
