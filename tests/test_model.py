@@ -433,3 +433,31 @@ def test_latent_representation_writes_nothing(adata):
         latent.connectome, adata.obsm[Key.obsm.connectome_embedding], atol=1e-5
     )
     assert latent.reconstruction is None
+
+
+def test_size_defaults_follow_the_number_of_cells():
+    from spacon.tl._train import size_defaults
+
+    auto = dict(batch_size="auto", num_neighbors="auto", n_epochs=None)
+    assert size_defaults(3_000, "full_batch", **auto) == (64, [20, 10, 10], 60)
+    assert size_defaults(15_000, "minibatch", **auto) == (64, [20, 10, 10], 10)
+    assert size_defaults(60_000, "minibatch", **auto) == (1024, [5, 5], 10)
+    assert size_defaults(250_000, "minibatch", **auto) == (1024, [5, 5], 4)
+    assert size_defaults(1_000_000, "minibatch", **auto) == (1024, [5, 5], 1)
+    assert size_defaults(4_000_000, "minibatch", **auto) == (1024, [5, 5], 1)
+    # the user's values win over every rule
+    assert size_defaults(
+        1_000_000, "minibatch", batch_size=32, num_neighbors=[3], n_epochs=7
+    ) == (32, [3], 7)
+
+
+def test_large_minibatch_training_records_the_protocol_it_chose(adata, monkeypatch):
+    from spacon.tl import _train as train_module
+
+    _train(adata, full_batch=False, n_epochs=1)
+    params = adata.uns[Key.uns.train]["params"]
+    assert params["batch_size"] == 64 and params["num_neighbors"] == [20, 10, 10]
+    monkeypatch.setattr(train_module, "_LARGE_MINIBATCH", 10)
+    _train(adata, full_batch=False, n_epochs=1)
+    params = adata.uns[Key.uns.train]["params"]
+    assert params["batch_size"] == 1024 and params["num_neighbors"] == [5, 5]

@@ -47,6 +47,38 @@ _EPOCHS = {"minibatch": 10, "full_batch": 60}
 _LR = {"minibatch": 1e-4, "full_batch": 1e-3}
 #: "auto" trains full-batch when the activations of one step fit in this many bytes
 _FULL_BATCH_BYTES = 2 * 1024**3
+#: minibatch training above this many cells uses the large-data protocol (see :func:`train`)
+_LARGE_MINIBATCH = 20_000
+#: the published minibatch protocol, and the one measured to fit 10^5-10^6 cells on a CPU
+_PUBLISHED = {"batch_size": 64, "num_neighbors": [20, 10, 10]}
+_LARGE = {"batch_size": 1024, "num_neighbors": [5, 5]}
+#: above 10^5 cells (minibatch, default epochs) an epoch budget of about 10^6 seed cells
+_EPOCH_CELLS = 1_000_000
+
+
+def size_defaults(
+    n_obs: int,
+    mode: Literal["full_batch", "minibatch"],
+    *,
+    batch_size: int | Literal["auto"],
+    num_neighbors: list[int] | Literal["auto"],
+    n_epochs: int | None,
+) -> tuple[int, list[int], int]:
+    """``(batch_size, num_neighbors, n_epochs)`` with every ``"auto"``/``None`` resolved
+    from the number of cells and the training mode (the rules are in :func:`train`)."""
+    protocol = _LARGE if mode == "minibatch" and n_obs > _LARGE_MINIBATCH else _PUBLISHED
+    if batch_size == "auto":
+        batch_size = protocol["batch_size"]
+    if num_neighbors == "auto":
+        num_neighbors = list(protocol["num_neighbors"])
+    if n_epochs is None:
+        if mode == "full_batch":
+            n_epochs = _EPOCHS["full_batch"]
+        elif n_obs <= _EPOCH_CELLS // _EPOCHS["minibatch"]:
+            n_epochs = _EPOCHS["minibatch"]
+        else:
+            n_epochs = max(1, round(_EPOCH_CELLS / n_obs))
+    return int(batch_size), [int(k) for k in num_neighbors], int(n_epochs)
 
 
 def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> list[int]:
@@ -86,8 +118,8 @@ def train(
     use_weights: bool = False,
     n_epochs: int | None = None,
     full_batch: bool | Literal["auto"] = "auto",
-    batch_size: int = 64,
-    num_neighbors: Sequence[int] = (20, 10, 10),
+    batch_size: int | Literal["auto"] = "auto",
+    num_neighbors: Sequence[int] | Literal["auto"] = "auto",
     weighted_sampling: bool = False,
     lr: float | None = None,
     weight_decay: float = 1e-4,
@@ -137,24 +169,30 @@ def train(
         Multiply attention by the stored edge weights (renormalised). Off in the
         published method. Weights must be non-negative.
     n_epochs
-        Epochs; default 10 in minibatch mode (as published) and 60 in full-batch mode,
-        where one epoch is one optimisation step on all cells (with the default ``lr``,
-        60 full-batch steps reach the domain quality of the published 10 minibatch
-        epochs; much longer training fits finer detail and can blur domains).
+        Epochs; default 60 in full-batch mode, where one epoch is one optimisation step on
+        all cells (with the default ``lr``, 60 full-batch steps reach the domain quality
+        of the published 10 minibatch epochs; much longer training fits finer detail and
+        can blur domains). In minibatch mode 10 (as published) up to 10^5 cells, above
+        that ``round(10^6 / n_obs)`` (at least 1): 4 epochs at 2.5 x 10^5 cells, 1 at 10^6,
+        so that the default run stays within the times of ``benchmarks/README.md``.
     full_batch
         ``True``: every step sees all cells; ``False``: minibatches of sampled subgraphs;
         ``"auto"``: full-batch when one step's activations fit in about 2 GB (roughly
         ``n_obs * (3 * n_features + 12 * sum(widths))`` floats), which is much faster for
         small and medium data.
     batch_size
-        Seed cells per minibatch.
+        Seed cells per minibatch. ``"auto"``: 64 (as published) up to 20,000 cells,
+        1024 above (in minibatch mode).
     num_neighbors
         Connectome neighbours sampled per cell and hop in minibatch mode (``-1``: all).
         An epoch computes every layer for about ``n_obs * (1 + k1 + k1 k2 + ...)`` nodes
         (fewer once batches overlap): ~1,600 per seed with ``(20, 10, 10)`` on a dense
-        connectome, ~29 with ``(5, 5)``. For 10^5-10^6 cells on a CPU use e.g.
-        ``batch_size=1024, num_neighbors=(5, 5)``: one epoch over 2.5 x 10^5 cells with
-        500 genes then takes a few minutes on 2 cores (``benchmarks/scale.py``).
+        connectome, ~29 with ``(5, 5)``. ``"auto"``: ``(20, 10, 10)`` (as published) up to
+        20,000 cells, ``(5, 5)`` above in minibatch mode, where the published protocol
+        would take hours per epoch on a CPU (about 5 h at 2.5 x 10^5 cells); with
+        ``batch_size=1024, num_neighbors=(5, 5)`` one epoch over 2.5 x 10^5 cells with
+        500 genes takes a few minutes on 2 cores (``benchmarks/scale.py``). The values
+        used are logged and recorded in ``uns[key_added]["params"]``.
         In full-batch mode every step keeps a fresh sample of at most ``max(num_neighbors)``
         connectome neighbours per cell (``-1``: all), which keeps dense connectomes fast.
     weighted_sampling
@@ -264,6 +302,13 @@ def train(
     )
     dims = resolve_hidden_dims(hidden_dims, inputs.n_features)
     mode = _choose_mode(opts.full_batch, inputs, dims, distributed=ctx is not None)
+    batch_size, num_neighbors, n_epochs = size_defaults(
+        adata.n_obs,
+        mode,
+        batch_size=opts.batch_size,
+        num_neighbors=opts.num_neighbors,
+        n_epochs=opts.n_epochs,
+    )
     params = {
         "spatial_graph_key": spatial_graph_key,
         "connectome_graph_key": connectome_graph_key,
@@ -271,10 +316,10 @@ def train(
         "hidden_dims": dims,
         "fusion": fusion,
         "use_weights": bool(use_weights),
-        "n_epochs": _EPOCHS[mode] if opts.n_epochs is None else opts.n_epochs,
+        "n_epochs": n_epochs,
         "full_batch": mode == "full_batch",
-        "batch_size": opts.batch_size,
-        "num_neighbors": opts.num_neighbors,
+        "batch_size": batch_size,
+        "num_neighbors": num_neighbors,
         "weighted_sampling": bool(weighted_sampling),
         "lr": _LR[mode] if opts.lr is None else opts.lr,
         "weight_decay": opts.weight_decay,
@@ -289,8 +334,13 @@ def train(
     }
     checkpoint = _checkpointer(checkpoint_dir, opts.checkpoint_every, params, inputs)
     _warn_about_inputs(inputs, dims, widths_given=hidden_dims is not None)
+    batches = (
+        f", batches of {batch_size} cells, {num_neighbors} neighbours"
+        if mode == "minibatch"
+        else ""
+    )
     start = logg.info(
-        f"training spacon ({mode.replace('_', '-')}, {params['n_epochs']} epochs, "
+        f"training spacon ({mode.replace('_', '-')}, {params['n_epochs']} epochs{batches}, "
         f"hidden_dims={dims}, {inputs.connectome.nnz} connectome and {inputs.spatial.nnz} "
         f"spatial edges, device {dev})"
     )
@@ -335,9 +385,9 @@ class _Options:
     """The checked options of :func:`train` that need more than passing through."""
 
     full_batch: bool | Literal["auto"]
-    batch_size: int
+    batch_size: int | Literal["auto"]
     n_epochs: int | None
-    num_neighbors: list[int]
+    num_neighbors: list[int] | Literal["auto"]
     lr: float | None
     weight_decay: float
     grad_clip: float | None
@@ -360,13 +410,15 @@ class _Options:
         if full_batch not in (True, False, "auto"):
             raise ValueError(f"`full_batch` must be True, False or 'auto', got {full_batch!r}.")
         num_neighbors = kw["num_neighbors"]
-        if (
+        if num_neighbors == "auto":
+            pass
+        elif (
             isinstance(num_neighbors, (str, bytes))
             or not isinstance(num_neighbors, Sequence)
             or not all(is_int(k) for k in num_neighbors)
         ):
             raise TypeError(f"`num_neighbors` must be a list of integers, got {num_neighbors!r}.")
-        if not num_neighbors or not all(k >= 1 or k == -1 for k in num_neighbors):
+        elif not num_neighbors or not all(k >= 1 or k == -1 for k in num_neighbors):
             raise ValueError(
                 f"`num_neighbors` must be integers >= 1 (or -1 for all), got {num_neighbors!r}."
             )
@@ -401,9 +453,14 @@ class _Options:
         n_epochs = kw["n_epochs"]
         return cls(
             full_batch=full_batch,
-            batch_size=check_positive_int("batch_size", kw["batch_size"]),
+            batch_size=(
+                "auto" if kw["batch_size"] == "auto"
+                else check_positive_int("batch_size", kw["batch_size"])
+            ),
             n_epochs=None if n_epochs is None else check_positive_int("n_epochs", n_epochs),
-            num_neighbors=[int(k) for k in num_neighbors],
+            num_neighbors=(
+                "auto" if num_neighbors == "auto" else [int(k) for k in num_neighbors]
+            ),
             lr=None if lr is None else check_number("lr", lr, low=0.0, strict=True),
             weight_decay=check_number("weight_decay", kw["weight_decay"], low=0.0),
             grad_clip=(
