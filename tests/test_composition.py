@@ -65,3 +65,10 @@ def test_errors(adata):
     adata.obs["empty"] = pd.Categorical([None] * adata.n_obs, categories=["a"])
     with pytest.raises(ValueError, match="No cell"):
         sp.tl.domain_composition(adata, region_key="empty")
+
+
+def test_bad_key_added_follows_the_validators_rule(adata):
+    with pytest.raises(TypeError, match="key_added"):
+        sp.tl.domain_composition(adata, region_key="structure", key_added=3)
+    with pytest.raises(ValueError, match="key_added"):
+        sp.tl.domain_composition(adata, region_key="structure", key_added="")

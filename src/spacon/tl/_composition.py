@@ -11,6 +11,7 @@ from scanpy import logging as logg
 
 from .._constants import Key
 from .._utils import check_adata
+from .._validators import check_key_added
 
 _NORMALIZE = ("domain", "region", "all", None)
 
@@ -82,8 +83,7 @@ def domain_composition(
     regions = _categories(adata, region_key, "region_key", "Name the column of the regions.")
     if key_added is None:
         key_added = f"{domain_key}_composition"
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    check_key_added(key_added)
 
     d_codes, r_codes = domains.codes.astype(np.int64), regions.codes.astype(np.int64)
     ok = (d_codes >= 0) & (r_codes >= 0)
