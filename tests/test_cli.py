@@ -17,10 +17,19 @@ from spacon import Key
 from spacon.cli import build_parser, main
 
 
-def test_demo_writes_result_and_figures(tmp_path, capsys):
+def test_demo_writes_result_and_figures(tmp_path, capsys, monkeypatch):
+    titles = []
+    draw = sp.pl.domains
+
+    def spy(adata, **kwargs):
+        titles.append(kwargs.get("title"))
+        return draw(adata, **kwargs)
+
+    monkeypatch.setattr(sp.pl, "domains", spy)
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--n-spots", "640", "--epochs", "3", "--quiet"])
     assert code == 0
+    assert titles == [f"{Key.obs.domains}, alpha = 1"]  # the figure says which alpha
     printed = capsys.readouterr().out
     assert "ARI" in printed and str(out / "domains.png") in printed
     adata = ad.read_h5ad(out / "flatmap_spacon.h5ad")

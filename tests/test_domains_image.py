@@ -33,12 +33,11 @@ def _visium(n_side: int = 12):
 def test_domains_over_the_tissue_image_through_squidpy():
     adata = _visium()
     before = set(adata.uns), set(adata.obs.columns)
-    fig = sp.pl.domains(adata, show=False)
-    ax = fig.axes[0]
+    ax = sp.pl.domains(adata, show=False)
     assert ax.images, "the tissue image is drawn"
     assert (set(adata.uns), set(adata.obs.columns)) == before  # nothing written to adata
-    fig = sp.pl.domains(adata, img=False, show=False)
-    assert not fig.axes[0].images
+    ax = sp.pl.domains(adata, img=False, show=False)
+    assert not ax.images
     with pytest.raises(TypeError, match="img"):
         sp.pl.domains(adata, img="yes", show=False)
     del adata.uns["spatial"]

@@ -279,8 +279,8 @@ def test_duplicated_obs_names(clustered, step):
     fails_cleanly(adata, STEPS[step], ValueError, r"duplicates.*obs_names_make_unique")
 
 
-@pytest.mark.parametrize("step", list(STEPS))
-def test_backed_anndata(clustered, step, tmp_path):
+@pytest.mark.parametrize("step", [s for s in STEPS if not s.startswith("pl.")])
+def test_backed_anndata(clustered, step, tmp_path):  # plots only read: they accept it
     path = tmp_path / "backed.h5ad"
     clustered.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")

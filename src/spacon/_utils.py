@@ -22,8 +22,13 @@ MEMORY_BUDGET_ENV = "SPACON_MAX_MEMORY"
 MEMORY_FRACTION = 0.8
 
 
-def check_adata(adata: object, *, allow_view: bool = False) -> AnnData:
-    """Validate that ``adata`` is an in-memory :class:`~anndata.AnnData` spacon can annotate."""
+def check_adata(
+    adata: object, *, allow_view: bool = False, allow_backed: bool = False
+) -> AnnData:
+    """Validate that ``adata`` is an in-memory :class:`~anndata.AnnData` spacon can annotate.
+
+    ``allow_backed``: for functions that only read ``obs``/``obsm``/``uns`` (plots).
+    """
     if not isinstance(adata, AnnData):
         raise TypeError(
             f"Expected an AnnData object, got {type(adata).__name__}. "
@@ -34,7 +39,7 @@ def check_adata(adata: object, *, allow_view: bool = False) -> AnnData:
             "`adata` is a view of another AnnData; spacon cannot store results in a view. "
             "Call `adata = adata.copy()` first."
         )
-    if adata.isbacked:
+    if adata.isbacked and not allow_backed:
         raise ValueError(
             "`adata` is backed on disk; spacon needs it in memory. "
             "Call `adata = adata.to_memory()` first."

@@ -158,7 +158,7 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r} is a file; pass a folder (it is created if missing).")
 
 
-def _write_outputs(adata, out: Path, *, key: str, stem: str) -> list[Path]:
+def _write_outputs(adata, out: Path, *, key: str, stem: str, alpha: float) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +170,9 @@ def _write_outputs(adata, out: Path, *, key: str, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [atomic_write_h5ad(adata, out / f"{stem}.h5ad")]
     figures = {
-        "domains.png": lambda path: pl.domains(adata, key=key, show=False, save=path),
+        "domains.png": lambda path: pl.domains(
+            adata, color=key, title=f"{key}, alpha = {alpha:g}", show=False, save=path
+        ),
         "loss.png": lambda path: pl.loss(adata, show=False, save=path),
     }
     for name, draw in figures.items():
@@ -204,7 +206,7 @@ def _demo(args: argparse.Namespace) -> int:
     for truth in ("area", "network"):
         ari = adjusted_rand_score(adata.obs[truth], adata.obs[key])
         print(f"ARI of alpha={args.alpha:g} domains vs simulated {truth}s: {ari:.3f}")
-    written = _write_outputs(adata, args.out, key=key, stem="flatmap_spacon")
+    written = _write_outputs(adata, args.out, key=key, stem="flatmap_spacon", alpha=args.alpha)
     n_domains = int(np.unique(adata.obs[key]).size)
     print(f"{adata.n_obs} spots, {n_domains} domains; wrote:")
     for path in written:
@@ -246,7 +248,9 @@ def _run(args: argparse.Namespace) -> int:
         **_cluster_options(args),
     )
     key = Key.refined(Key.obs.domains) if args.refine else Key.obs.domains
-    written = _write_outputs(adata, args.out, key=key, stem=args.data.stem + "_spacon")
+    written = _write_outputs(
+        adata, args.out, key=key, stem=args.data.stem + "_spacon", alpha=args.alpha
+    )
     print(f"{adata.n_obs} cells, {adata.obs[key].nunique()} domains; wrote:")
     for path in written:
         print(f"  {path}")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp_sparse
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import tqdm
 from ._checkpoint import Checkpointer
 from ._distributed import DistContext, synced_batchnorm
 from ._graph import CSR, GraphTensors, add_self_loops, gather_rows

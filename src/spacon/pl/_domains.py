@@ -9,7 +9,6 @@ import matplotlib.colors as mcolors
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from .._constants import Key
 from .._utils import get_coordinates
@@ -69,7 +68,8 @@ def _domains_on_image(
     ax: Axes | None,
     show: bool | None,
     save: str | Path | None,
-) -> Figure | None:
+    dpi: float | None,
+) -> Axes | None:
     """:func:`domains` over the tissue image, drawn by :func:`squidpy.pl.spatial_scatter`."""
     import squidpy as sq
 
@@ -80,9 +80,9 @@ def _domains_on_image(
         obsm={spatial_key: np.asarray(adata.obsm[spatial_key])},
         uns={"spatial": {library: adata.uns["spatial"][library]}},
     )
-    show = u.resolve_show(show)
-    if ax is None:
-        fig, axes = u.grid(1, 1, panel_size, show=show)
+    created = ax is None
+    if created:
+        fig, axes = u.grid(1, 1, panel_size, dpi=dpi)
         ax = axes[0]
     fig = ax.figure
     sq.pl.spatial_scatter(
@@ -96,18 +96,19 @@ def _domains_on_image(
         legend_loc="right margin" if legend else None,
         ax=ax,
     )
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, [ax], show=show, save=save, dpi=dpi, created=created)
 
 
+@u.renamed(key="color", point_size="size")
 def domains(
     adata: AnnData,
     *,
-    key: str = Key.obs.domains,
+    color: str = Key.obs.domains,
     section_key: str | None = None,
     sections: Sequence | None = None,
     spatial_key: str = Key.obsm.spatial,
     ncols: int = 4,
-    point_size: float | None = None,
+    size: float | None = None,
     palette: u.Palette = None,
     title: str | Sequence[str] | None = None,
     legend: bool = True,
@@ -115,9 +116,10 @@ def domains(
     panel_size: tuple[float, float] = (4.0, 4.0),
     img: bool | None = None,
     ax: Axes | None = None,
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> Axes | list[Axes] | None:
     """Spatial scatter of the cells coloured by domain, one panel per section.
 
     On image-backed data (Visium: a tissue image in ``adata.uns["spatial"]``, as
@@ -127,10 +129,12 @@ def domains(
     Parameters
     ----------
     adata
-        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``
-        (the first two columns are plotted).
-    key
-        ``obs`` column of the labels, e.g. from :func:`spacon.tl.cluster`.
+        Annotated data with labels in ``obs[color]`` and coordinates in
+        ``obsm[spatial_key]`` (the first two columns are plotted); may be backed
+        (``read_h5ad(..., backed="r")``): plots only read.
+    color
+        ``obs`` column of the labels, e.g. from :func:`spacon.tl.cluster` (formerly
+        ``key``, deprecated).
     section_key
         ``obs`` column of section ids: one panel per section. None: all cells in one panel.
     sections
@@ -139,15 +143,17 @@ def domains(
         ``obsm`` key of the coordinates.
     ncols
         Panels per row.
-    point_size
-        Marker size (points^2); default ``120000 / n_cells`` of the largest panel.
+    size
+        Marker size (points^2); default ``120000 / n_cells`` of the largest panel (formerly
+        ``point_size``, deprecated).
     palette
         A matplotlib colormap name, a list of colours or a dict ``{category: colour}``;
-        default ``uns[f"{key}_colors"]`` if present, else scanpy's default colours.
+        default ``uns[f"{color}_colors"]`` if present, else scanpy's default colours.
     title
         Title of a single panel, figure title over several panels, or one per panel.
     legend
-        Draw one legend for the whole figure.
+        Draw one legend: right of the panels, or below ``ax`` when drawing into the
+        user's axes (so it does not run under a neighbouring panel).
     invert_yaxis
         Image convention (y grows downwards), as :func:`squidpy.pl.spatial_scatter`.
     panel_size
@@ -155,33 +161,40 @@ def domains(
     img
         Draw the tissue image under the spots (through squidpy). ``None``: when
         ``adata.uns["spatial"]`` holds exactly one library with an image and no
-        ``section_key`` is given. With the image, ``point_size``, ``invert_yaxis`` and
+        ``section_key`` is given. With the image, ``size``, ``invert_yaxis`` and
         ``ncols`` are squidpy's concern (spot size from the library's scale factors).
     ax
         Draw into this axes (single panel only).
+    dpi
+        Resolution of the figure and of the saved file (default: matplotlib's for the
+        figure, ``rcParams["savefig.dpi"]`` or 150 for the file).
     show
-        Show the figure (``plt.show()``); default: only when matplotlib is interactive.
+        Show the figure (``plt.show()``); None: :attr:`scanpy.settings.autoshow` (True
+        unless changed), so the figure appears in Jupyter on the first call.
     save
-        Path of a file to write (format from the suffix; parent folders are created).
+        Path of a file to write (format from the suffix, default png; parent folders are
+        created). A figure created by the call is closed after saving, as in scanpy.
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown. With
-    ``show=False`` the figure is not registered with pyplot, so nothing is left open.
+    As scanpy: None when shown; with ``show=False`` the :class:`~matplotlib.axes.Axes`
+    (one panel) or the list of axes (several panels).
 
     Examples
     --------
     >>> import spacon as sp
-    >>> sp.pl.domains(adata, key="spacon", section_key="section", ncols=3)
-    >>> fig = sp.pl.domains(adata, show=False, save="figures/domains.png")
+    >>> sp.pl.domains(adata, color="spacon", section_key="section", ncols=3)
+    >>> ax = sp.pl.domains(adata, show=False, save="figures/domains.png", dpi=200)
     >>> sp.pl.domains(visium, img=True)  # spots over the H&E image
     """
+    key = color
     labels = u.get_labels(adata, key)
     library = _image_library(adata, img, section_key)
     if library is not None:
         return _domains_on_image(
             adata, key, labels, library, spatial_key=spatial_key, palette=palette,
             title=title, legend=legend, panel_size=panel_size, ax=ax, show=show, save=save,
+            dpi=dpi,
         )  # fmt: skip
     u.check_ncols(ncols)
     coords = get_coordinates(adata, spatial_key=spatial_key)[:, :2]
@@ -193,11 +206,11 @@ def domains(
 
     colors, rgba = u.category_rgba(adata, key, labels.categories, palette)
     codes = np.asarray(labels.codes)
-    size = point_size or u.default_point_size(max(len(m) for m in rows))
+    size = size or u.default_point_size(max(len(m) for m in rows))
 
-    show = u.resolve_show(show)
-    if ax is None:
-        fig, axes = u.grid(len(rows), ncols, panel_size, show=show)
+    created = ax is None
+    if created:
+        fig, axes = u.grid(len(rows), ncols, panel_size, dpi=dpi)
     else:
         fig, axes = ax.figure, [ax]
     for a, idx, t in zip(axes, rows, titles, strict=True):
@@ -209,31 +222,29 @@ def domains(
     if legend:
         present = u.present_categories(labels.categories, codes[np.concatenate(rows)])
         shown = {c: colors[c] for c in present}
-        if ax is None:
-            fig.tight_layout()
-        u.legend(fig if ax is None else ax, shown, title=key)
-    elif ax is None:
-        fig.tight_layout()
-    return u.finish(fig, show=show, save=save)
+        u.legend(fig if created else ax, shown, title=key)
+    return u.finish(fig, axes, show=show, save=save, dpi=dpi, created=created)
 
 
+@u.renamed(key="color", point_size="size")
 def highlight(
     adata: AnnData,
     *,
-    key: str = Key.obs.domains,
+    color: str = Key.obs.domains,
     groups: Sequence | None = None,
     section_key: str | None = None,
     sections: Sequence | None = None,
     spatial_key: str = Key.obsm.spatial,
     ncols: int = 4,
-    point_size: float | None = None,
+    size: float | None = None,
     palette: u.Palette = None,
     background: str = u.GREY,
     invert_yaxis: bool = True,
     panel_size: tuple[float, float] = (3.0, 3.0),
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> Axes | list[Axes] | None:
     """One small panel per domain: its cells in colour over all other cells in grey.
 
     With ``section_key`` and several sections, the panels form a grid with one row per
@@ -242,27 +253,29 @@ def highlight(
     Parameters
     ----------
     adata
-        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``.
-    key
-        ``obs`` column of the labels.
+        Annotated data with labels in ``obs[color]`` and coordinates in
+        ``obsm[spatial_key]``.
+    color
+        ``obs`` column of the labels (formerly ``key``, deprecated).
     groups
         Domains to show (default: all that occur, in category order).
     section_key, sections
         Section column and the sections to plot (see :func:`domains`).
-    spatial_key, ncols, point_size, palette, invert_yaxis, panel_size, show, save
+    spatial_key, ncols, size, palette, invert_yaxis, panel_size, dpi, show, save
         As in :func:`domains` (``ncols`` only applies without sections).
     background
         Colour of the other cells.
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+    None when shown; with ``show=False`` the list of axes (the axes for one panel).
 
     Examples
     --------
     >>> import spacon as sp
-    >>> sp.pl.highlight(adata, key="spacon", groups=["0", "3"])
+    >>> sp.pl.highlight(adata, color="spacon", groups=["0", "3"])
     """
+    key = color
     labels = u.get_labels(adata, key)
     u.check_ncols(ncols)
     if not mcolors.is_color_like(background):
@@ -291,10 +304,9 @@ def highlight(
     sec_names = [None] if chosen is None else [str(s) for s in chosen]
     panels = [(g, m, s) for g in chosen_groups for m, s in zip(sec_rows, sec_names, strict=True)]
     cols = len(sec_rows) if len(sec_rows) > 1 else ncols
-    size = point_size or u.default_point_size(max(len(m) for m in sec_rows))
+    size = size or u.default_point_size(max(len(m) for m in sec_rows))
 
-    show = u.resolve_show(show)
-    fig, axes = u.grid(len(panels), cols, panel_size, show=show)
+    fig, axes = u.grid(len(panels), cols, panel_size, dpi=dpi)
     bg = mcolors.to_rgba_array([background])
     for a, (g, mask, sec) in zip(axes, panels, strict=True):
         is_g = codes[mask] == cats.index(g)
@@ -310,19 +322,19 @@ def highlight(
             title=title,
             background=bg,
         )
-    fig.tight_layout()
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, axes, show=show, save=save, dpi=dpi)
 
 
+@u.renamed(key="color", point_size="size")
 def sections_3d(
     adata: AnnData,
     *,
-    key: str = Key.obs.domains,
+    color: str = Key.obs.domains,
     section_key: str | None = None,
     sections: Sequence | None = None,
     spatial_key: str = Key.obsm.spatial,
     z_aspect: float | None = None,
-    point_size: float | None = None,
+    size: float | None = None,
     palette: u.Palette = None,
     max_cells: int | None = 200_000,
     random_state: int = 0,
@@ -330,10 +342,12 @@ def sections_3d(
     azim: float = -60.0,
     legend: bool = True,
     title: str | None = None,
+    invert_yaxis: bool = True,
     figsize: tuple[float, float] = (8.0, 6.0),
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> Axes | None:
     """Domains of stacked sections in a 3-D view.
 
     With ``section_key``, each section is drawn at the height of its position in the
@@ -343,9 +357,10 @@ def sections_3d(
     Parameters
     ----------
     adata
-        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``.
-    key
-        ``obs`` column of the labels.
+        Annotated data with labels in ``obs[color]`` and coordinates in
+        ``obsm[spatial_key]``.
+    color
+        ``obs`` column of the labels (formerly ``key``, deprecated).
     section_key
         ``obs`` column of section ids (needed for 2-D coordinates).
     sections
@@ -355,7 +370,7 @@ def sections_3d(
     z_aspect
         Height of the box relative to its larger horizontal side; default: true proportions
         for 3-D coordinates, 0.6 for stacked sections.
-    point_size, palette
+    size, palette
         As in :func:`domains`.
     max_cells
         Plot a random subset of at most this many cells (3-D scatter is slow); None: all.
@@ -363,18 +378,22 @@ def sections_3d(
         Seed of that subset.
     elev, azim
         View angles in degrees.
-    legend, title, figsize, show, save
+    invert_yaxis
+        y grows towards the viewer's back, as in :func:`domains` (image convention), so a
+        section looks the same in both plots.
+    legend, title, figsize, dpi, show, save
         As in :func:`domains`.
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+    None when shown; with ``show=False`` the 3-D :class:`~matplotlib.axes.Axes`.
 
     Examples
     --------
     >>> import spacon as sp
     >>> sp.pl.sections_3d(adata, section_key="section", max_cells=100_000)
     """
+    key = color
     labels = u.get_labels(adata, key)
     coords = get_coordinates(adata, spatial_key=spatial_key)
     if max_cells is not None and (
@@ -409,10 +428,9 @@ def sections_3d(
     codes = np.asarray(labels.codes)[idx]
     pts = xyz[idx]
     cell_colors = u.code_colors(codes, rgba, mcolors.to_rgba_array([u.GREY]))
-    size = point_size or float(np.clip(30_000 / max(len(idx), 1), 0.05, 20.0))
+    size = size or float(np.clip(30_000 / max(len(idx), 1), 0.05, 20.0))
 
-    show = u.resolve_show(show)
-    fig = u.new_figure(figsize, show=show)
+    fig = u.new_figure(figsize, dpi=dpi)
     ax = fig.add_subplot(projection="3d")
     ax.scatter(
         pts[:, 0], pts[:, 1], pts[:, 2], c=cell_colors, s=size, marker=".", linewidths=0,
@@ -430,11 +448,17 @@ def sections_3d(
         ax.set_zticks(ticks)
         ax.set_zticklabels([str(chosen[i]) for i in ticks])
         ax.set_zlabel(section_key)
+    else:
+        ax.set_zlabel("z")
+    if invert_yaxis and not ax.yaxis_inverted():
+        ax.invert_yaxis()
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
     if title is not None:
         ax.set_title(title)
     if legend:
         shown = {c: colors[c] for c in u.present_categories(labels.categories, codes)}
         u.legend(fig, shown, title=key)
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, [ax], show=show, save=save, dpi=dpi)

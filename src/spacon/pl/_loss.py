@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .._constants import Key
@@ -33,9 +32,10 @@ def loss(
     title: str | None = "training loss",
     figsize: tuple[float, float] = (5.0, 3.5),
     ax: Axes | None = None,
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> Axes | None:
     """Training loss per epoch, from ``uns["spacon_train"]["loss"]``.
 
     A validation curve is added when the record holds ``"val_loss"``.
@@ -52,12 +52,12 @@ def loss(
         Figure size in inches (ignored with ``ax``).
     ax
         Draw into this axes.
-    show, save
+    dpi, show, save
         As in :func:`domains`.
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+    None when shown; with ``show=False`` the :class:`~matplotlib.axes.Axes`.
 
     Examples
     --------
@@ -65,7 +65,7 @@ def loss(
     >>> sp.tl.train(adata)
     >>> sp.pl.loss(adata, log_scale=True)
     """
-    check_adata(adata, allow_view=True)
+    check_adata(adata, allow_view=True, allow_backed=True)
     record = adata.uns.get(Key.uns.train)
     if not hasattr(record, "get") or _series(record, "loss") is None:
         raise KeyError(
@@ -78,10 +78,9 @@ def loss(
         if values is not None:
             curves[name] = values
 
-    show = u.resolve_show(show)
     created = ax is None
     if created:
-        fig = u.new_figure(figsize, show=show)
+        fig = u.new_figure(figsize, dpi=dpi)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -97,6 +96,4 @@ def loss(
         ax.legend(frameon=False)
     if title:
         ax.set_title(title)
-    if created:
-        fig.tight_layout()
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, [ax], show=show, save=save, dpi=dpi, created=created)

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from .._utils import check_adata
 from . import _utils as u
@@ -34,9 +33,10 @@ def connectivity_prediction(
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> Axes | list[Axes] | None:
     """Score of the predicted connectivity in each distance bin, one line per representation.
 
     Draws ``uns[key]["scores"]`` of :func:`spacon.tl.predict_connectivity`: one panel per
@@ -60,12 +60,12 @@ def connectivity_prediction(
         Figure size in inches (default 3.6 wide per panel; ignored with ``ax``).
     ax
         Draw into this axes (one metric only).
-    show, save
+    dpi, show, save
         As in :func:`domains`.
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+    None when shown; with ``show=False`` the axes (one metric) or the list of axes.
 
     Examples
     --------
@@ -73,7 +73,7 @@ def connectivity_prediction(
     >>> sp.tl.predict_connectivity(adata)
     >>> sp.pl.connectivity_prediction(adata, metrics="pearson")
     """
-    check_adata(adata, allow_view=True)
+    check_adata(adata, allow_view=True, allow_backed=True)
     record = adata.uns.get(key)
     scores = record.get("scores") if hasattr(record, "get") else None
     if not isinstance(scores, pd.DataFrame):
@@ -99,11 +99,10 @@ def connectivity_prediction(
     labels = [_bin_label(lo, hi) for lo, hi in first[["lo", "hi"]].to_numpy()[order]]
     positions = np.arange(len(labels))
 
-    show = u.resolve_show(show)
     created = ax is None
     if created:
         size = figsize or (3.6 * len(metrics) + 2.0, 3.4)
-        fig = u.new_figure(size, show=show)
+        fig = u.new_figure(size, dpi=dpi)
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     else:
         fig, axes = ax.figure, [ax]
@@ -120,6 +119,4 @@ def connectivity_prediction(
     axes[-1].legend(frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
-    if created:
-        fig.tight_layout()
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, list(axes), show=show, save=save, dpi=dpi, created=created)

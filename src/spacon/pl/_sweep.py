@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
 
 from .. import tl
 from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
@@ -17,6 +17,7 @@ from .._utils import check_adata, get_coordinates
 from . import _utils as u
 
 
+@u.renamed(point_size="size")
 def alpha_sweep(
     adata: AnnData,
     *,
@@ -35,13 +36,14 @@ def alpha_sweep(
     section: object | None = None,
     spatial_key: str = Key.obsm.spatial,
     ncols: int | None = None,
-    point_size: float | None = None,
+    size: float | None = None,
     palette: u.Palette = None,
     invert_yaxis: bool = True,
     panel_size: tuple[float, float] = (4.0, 4.0),
+    dpi: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure | None:
+) -> list[Axes] | Axes | None:
     """Cluster at several ``alpha`` and show the domains side by side.
 
     Draws :func:`spacon.tl.alpha_sweep` (each ``alpha`` clustered exactly as in
@@ -64,14 +66,14 @@ def alpha_sweep(
     section_key, section
         Cluster all cells but plot only the cells of one ``section`` (default: the first
         one) of ``obs[section_key]``.
-    spatial_key, point_size, palette, invert_yaxis, panel_size, show, save
-        As in :func:`domains`.
+    spatial_key, size, palette, invert_yaxis, panel_size, dpi, show, save
+        As in :func:`domains` (``point_size``: deprecated name of ``size``).
     ncols
         Panels per row (default: all in one row).
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`, or ``None`` when it was shown.
+    None when shown; with ``show=False`` the list of axes (the axes for one ``alpha``).
 
     Examples
     --------
@@ -123,13 +125,12 @@ def alpha_sweep(
 
     n_colors = max(int(lab.max()) + 1 for lab, _ in panels)
     _, rgba = u.category_rgba(None, None, list(range(n_colors)), palette)
-    size = point_size if point_size is not None else u.default_point_size(len(rows))
-    show = u.resolve_show(show)
-    fig, axes = u.grid(len(panels), ncols or len(panels), panel_size, show=show)
+    size = size if size is not None else u.default_point_size(len(rows))
+    u.check_dpi(dpi)
+    fig, axes = u.grid(len(panels), ncols or len(panels), panel_size, dpi=dpi)
     for ax, (labels, title) in zip(axes, panels, strict=True):
         u.scatter_codes(
             ax, coords[rows], labels[rows], rgba, size=size, invert_yaxis=invert_yaxis, title=title
         )
-    fig.tight_layout()
-    return u.finish(fig, show=show, save=save)
+    return u.finish(fig, axes, show=show, save=save, dpi=dpi)
 

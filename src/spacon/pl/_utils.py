@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 
 import matplotlib
@@ -25,44 +28,110 @@ Palette = str | Sequence[str] | Mapping[str, str] | None
 
 
 def resolve_show(show: bool | None) -> bool:
-    """``show=None`` means: show when matplotlib is interactive (IPython, notebooks)."""
-    return matplotlib.is_interactive() if show is None else bool(show)
+    """``show=None`` follows :attr:`scanpy.settings.autoshow` (True unless changed), as scanpy."""
+    if show is None:
+        from scanpy import settings
+
+        return bool(settings.autoshow)
+    return bool(show)
 
 
-def new_figure(figsize: tuple[float, float], *, show: bool) -> Figure:
-    """A figure managed by pyplot only when it is to be shown, else a standalone one.
+def renamed(**old_to_new: str):
+    """Keep old keyword names working as deprecated aliases of scanpy's names.
 
-    Standalone figures are never registered with pyplot, so nothing stays open.
+    ``@renamed(key="color")``: ``f(key=x)`` calls ``f(color=x)`` with a :class:`FutureWarning`;
+    passing both is an error.
     """
-    if show:
-        import matplotlib.pyplot as plt
 
-        return plt.figure(figsize=figsize)
-    return Figure(figsize=figsize)
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(
+                        f"{func.__name__}() got both `{old}` and `{new}`; `{old}` is the "
+                        f"deprecated name of `{new}`: pass `{new}` only."
+                    )
+                warnings.warn(
+                    f"`{old}` is deprecated in {func.__name__}(); use `{new}` (scanpy's name).",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_dpi(dpi: float | None) -> None:
+    if dpi is not None and (isinstance(dpi, bool) or not isinstance(dpi, Real) or not dpi > 0):
+        raise ValueError(f"`dpi` must be a positive number or None, got {dpi!r}.")
+
+
+def new_figure(figsize: tuple[float, float], *, dpi: float | None = None) -> Figure:
+    """A pyplot figure, as scanpy's: Jupyter displays it at the end of the cell even with
+    ``show=False``, and ``plt.savefig``/``plt.gcf()`` reach it."""
+    import matplotlib.pyplot as plt
+
+    check_dpi(dpi)
+    return plt.figure(figsize=figsize, dpi=dpi, layout="constrained")
+
+
+def save_dpi(fig: Figure, dpi: float | None) -> float:
+    """Resolution of a saved file: ``dpi``, else ``rcParams["savefig.dpi"]`` unless that is
+    ``"figure"``, else at least 150 (scanpy's ``dpi_save``)."""
+    if dpi is not None:
+        return float(dpi)
+    rc = matplotlib.rcParams["savefig.dpi"]
+    return float(rc) if rc != "figure" else max(150.0, float(fig.dpi))
 
 
 def finish(
-    fig: Figure, *, show: bool, save: str | Path | None, dpi: float | None = None
-) -> Figure | None:
-    """Save (creating parent folders) and show; return the figure unless it was shown.
+    fig: Figure,
+    axes: Sequence[Axes],
+    *,
+    show: bool | None,
+    save: str | Path | None,
+    dpi: float | None = None,
+    created: bool = True,
+) -> Axes | list[Axes] | None:
+    """Save, show and return as scanpy's plots do.
 
-    The file is written under a temporary name and renamed into place, so an interrupted
-    save never leaves a truncated image. As in matplotlib, a path without a suffix gets
-    ``rcParams["savefig.format"]``'s.
+    ``save``: the file is written (parent folders created; a path without a suffix gets
+    ``rcParams["savefig.format"]``'s) under a temporary name and renamed into place, so an
+    interrupted save never leaves a truncated image; a figure this call created is then
+    closed in pyplot (as scanpy). ``show``: ``plt.show()``, ``None`` follows
+    :attr:`scanpy.settings.autoshow`. Returns None when shown, else the axes (one panel) or
+    the list of axes (several panels).
     """
+    show = resolve_show(show)
     if save is not None:
         path = Path(save)
         fmt = path.suffix[1:].lower()
         if not fmt:
             fmt = matplotlib.rcParams["savefig.format"]
             path = path.with_name(f"{path.name}.{fmt}")
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
-    if show:
-        import matplotlib.pyplot as plt
+        resolution = save_dpi(fig, dpi)
+        atomic_write(
+            path,
+            lambda tmp: fig.savefig(
+                tmp, format=fmt, dpi=resolution, bbox_inches="tight", pad_inches=0.15
+            ),
+        )
+    import matplotlib.pyplot as plt
 
+    if show:
         plt.show()
+    if save is not None and created:
+        plt.close(fig)
+    if show:
         return None
-    return fig
+    axes = list(axes)
+    return axes[0] if len(axes) == 1 else axes
 
 
 def grid(
@@ -70,14 +139,14 @@ def grid(
     ncols: int,
     panel_size: tuple[float, float],
     *,
-    show: bool,
+    dpi: float | None = None,
     projection: str | None = None,
 ):
     """Figure with ``n_panels`` axes in rows of ``ncols``; returns ``(fig, list of axes)``."""
     ncols = max(1, min(int(ncols), n_panels))
     nrows = int(np.ceil(n_panels / ncols))
     figsize = (panel_size[0] * ncols, panel_size[1] * nrows)
-    fig = new_figure(figsize, show=show)
+    fig = new_figure(figsize, dpi=dpi)
     axes = [
         fig.add_subplot(nrows, ncols, i + 1, projection=projection) for i in range(n_panels)
     ]
@@ -98,12 +167,12 @@ def _obs_column(adata: AnnData, key: str, missing: str) -> pd.Series:
 
 def get_labels(adata: AnnData, key: str) -> pd.Categorical:
     """``obs[key]`` as a Categorical (non-categorical columns are converted, not stored)."""
-    check_adata(adata, allow_view=True)
+    check_adata(adata, allow_view=True, allow_backed=True)
     col = _obs_column(
         adata,
         key,
         f"Labels `adata.obs[{key!r}]` not found. Run `sp.tl.cluster(adata, key_added={key!r})` "
-        "first or pass an existing column as `key`.",
+        "first or pass an existing column as `color`.",
     )
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.array
@@ -243,16 +312,42 @@ def style_spatial_axes(ax: Axes, *, invert_yaxis: bool, title: str | None) -> No
 
 
 def legend(target: Figure | Axes, colors: Mapping, *, title: str | None = None) -> None:
-    """One legend right of ``target``: a whole figure (all its panels) or a single axes."""
+    """One legend outside the panels, never over them.
+
+    ``target`` a figure this module created: right of all its panels, outside the figure
+    (saved files and Jupyter crop to what is drawn, so the image grows by the legend instead
+    of the panels shrinking). ``target`` an axes in the user's figure: below that axes, in as
+    many columns as its width holds, so it does not run under a neighbouring panel.
+    """
     if not colors:
         return
     n = len(colors)
+    handles = _handles(colors)
+    if isinstance(target, Figure):
+        target.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+            ncol=1 if n <= 14 else 2 if n <= 30 else 3,
+            title=title,
+        )
+        return
+    spec = target.get_subplotspec()
+    if spec is not None:  # the layout engine may not have placed the axes yet
+        share = len(spec.colspan) / spec.get_gridspec().ncols * 0.9
+    else:
+        share = target.get_position().width
+    width = share * target.figure.get_figwidth()  # inches
+    longest = max(len(str(c)) for c in colors)
+    per_entry = 0.4 + 0.075 * longest  # marker and text at the default font size
+    ncol = int(max(1, min(n, width // per_entry)))
     target.legend(
-        handles=_handles(colors),
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
         frameon=False,
-        ncol=1 if n <= 14 else 2 if n <= 30 else 3,
+        ncol=ncol,
         title=title,
     )
 

@@ -13,9 +13,9 @@ import scipy.sparse as sp_sparse
 from anndata import AnnData
 from scanpy import logging as logg
 from scanpy import settings
-from tqdm.auto import tqdm
 
 from .._constants import Key
+from .._progress import tqdm
 from .._utils import (
     check_adata,
     check_memory_budget,

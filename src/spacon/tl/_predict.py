@@ -20,9 +20,9 @@ import scipy.sparse as sp_sparse
 from anndata import AnnData
 from scanpy import logging as logg
 from scanpy import settings
-from tqdm.auto import tqdm
 
 from .._constants import Key
+from .._progress import tqdm
 from .._utils import check_adata, check_graph, get_coordinates
 
 #: Representations computed by spacon per fold (anything else in ``obsm`` is used as is).
