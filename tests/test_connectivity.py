@@ -398,8 +398,9 @@ def test_copy_accepts_a_view():
     view = adata[:20]
     out = spacon.pp.connectivity(view, make_fc(20), threshold=0.5, copy=True)
     assert out.n_obs == 20 and not out.is_view
-    with pytest.raises(ValueError, match="view"):
+    with pytest.warns(ad.ImplicitModificationWarning, match="view"):  # made actual, as scanpy
         spacon.pp.connectivity(view, make_fc(20), threshold=0.5)
+    assert not view.is_view and Key.obsp.connectome_connectivities in view.obsp
 
 
 def test_works_next_to_a_squidpy_spatial_graph():

@@ -249,13 +249,14 @@ STEPS = {
 
 
 @pytest.mark.parametrize("step", [s for s in STEPS if not s.startswith("pl.")])
-def test_view_is_refused_with_the_fix(clustered, step):
+def test_view_is_made_actual_with_a_warning(clustered, model, step):
     view = clustered[:60]
     parent = snapshot(clustered)
-    with pytest.raises(ValueError, match=r"is a view.*adata\.copy\(\)"):
-        STEPS[step](view)
-    assert view.is_view  # nothing was written through the view into the parent
-    assert_same(clustered, parent)
+    run = functools.partial(sp.tl.embed, model=model, progress=False) if step == "embed" else STEPS[step]
+    with pytest.warns(ad.ImplicitModificationWarning, match=r"is a view.*adata\.copy\(\)"):
+        run(view)
+    assert not view.is_view and view.n_obs == 60  # as scanpy: the results are in `view`
+    assert_same(clustered, parent)  # nothing was written through the view into the parent
 
 
 @pytest.mark.parametrize("step", ["spatial_graph", "cluster", "refine", "embed"])
@@ -322,12 +323,12 @@ def test_coordinates_with_one_distinct_value():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda a: sp.pp.spatial_graph(a, n_neighbors=100), r"n_neighbors=100.*Lower"),
+        # pp.spatial_graph clips n_neighbors instead, as sc.pp.neighbors: test_conventions.py
         (lambda a: sp.tl.cluster(a, n_neighbors=200), r"n_neighbors.*\[2, 80\)"),
         (lambda a: sp.tl.refine(a, n_neighbors=80), r"n_neighbors.*\[1, 79\]"),
         (lambda a: sp.tl.cluster(a, n_clusters=81), r"n_clusters.*\[1, n_obs=80\]"),
     ],
-    ids=["spatial-knn", "cluster-knn", "refine-voters", "n_clusters"],
+    ids=["cluster-knn", "refine-voters", "n_clusters"],
 )
 def test_fewer_cells_than_asked_for(clustered, call, match):
     fails_cleanly(clustered.copy(), call, ValueError, match)
@@ -346,8 +347,9 @@ def test_one_liner_checks_clustering_before_training(monkeypatch):
         raise AssertionError("training ran although the clustering options were invalid")
 
     monkeypatch.setattr("spacon.tl._spacon.train", no_training)
-    fails_cleanly(adata, lambda a: sp.tl.spacon(a, fc), ValueError,
-                  r"only 30 cells; pass `cluster_kwargs=\{'n_neighbors': 15\}`")
+    # as sc.pp.neighbors: a clustering n_neighbors above the data is clipped, with a warning
+    with pytest.warns(UserWarning, match=r"30 cells.*using `n_neighbors=29`"):
+        fails_cleanly(adata, lambda a: sp.tl.spacon(a, fc), AssertionError, "training ran")
     for bad, match in (
         ({"alpha": 1.5}, "alpha"),
         ({"alpha": -0.1}, "alpha"),

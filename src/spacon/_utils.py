@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp_sparse
-from anndata import AnnData
+from anndata import AnnData, ImplicitModificationWarning
 
 from ._constants import Key
 
@@ -27,7 +28,11 @@ def check_adata(
 ) -> AnnData:
     """Validate that ``adata`` is an in-memory :class:`~anndata.AnnData` spacon can annotate.
 
-    ``allow_backed``: for functions that only read ``obs``/``obsm``/``uns`` (plots).
+    A view (``adata[mask]``) is turned into an actual AnnData in place, with an
+    :class:`anndata.ImplicitModificationWarning`, as scanpy does: results are stored on the
+    selected cells, the parent is left unchanged. ``allow_view``: leave views as they are
+    (functions that only read, or that copy). ``allow_backed``: for functions that only read
+    ``obs``/``obsm``/``uns`` (plots).
     """
     if not isinstance(adata, AnnData):
         raise TypeError(
@@ -35,10 +40,14 @@ def check_adata(
             "Load your data with `anndata.read_h5ad(...)` or `scanpy.read(...)` first."
         )
     if adata.is_view and not allow_view:
-        raise ValueError(
-            "`adata` is a view of another AnnData; spacon cannot store results in a view. "
-            "Call `adata = adata.copy()` first."
+        warnings.warn(
+            "`adata` is a view of another AnnData: making it an actual AnnData (a copy of "
+            "the selected cells) to store the results; the parent is not changed. Pass "
+            "`adata.copy()` to avoid this warning.",
+            ImplicitModificationWarning,
+            stacklevel=3,
         )
+        adata._init_as_actual(adata.copy())
     if adata.isbacked and not allow_backed:
         raise ValueError(
             "`adata` is backed on disk; spacon needs it in memory. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Literal
@@ -149,19 +150,24 @@ def spatial_graph(
                 "sections), or `inter_section_radius=0` to leave the sections unlinked."
             )
     members = _group(ranks, len(order))
-    if method == "knn":
-        sizes = np.array([m.size for m in members])
-        if (sizes <= n_neighbors).any():
-            small = int(np.argmax(sizes <= n_neighbors))
-            what = (
-                f"{adata.n_obs} cells"
-                if section_key is None
-                else f"section {order[small]!r} has {sizes[small]} cells"
-            )
-            raise ValueError(
-                f"`n_neighbors={n_neighbors}` needs more cells than that, but {what}. "
-                "Lower `n_neighbors` or use `method='radius'`."
-            )
+    sizes = np.array([m.size for m in members])
+    # as sc.pp.neighbors: a k not below the number of cells is clipped, with a warning
+    k_per_section = np.minimum(n_neighbors, sizes - 1) if method == "knn" else sizes * 0
+    if method == "knn" and (sizes <= n_neighbors).any():
+        small = int(np.argmin(sizes))
+        what = (
+            f"`adata` has {adata.n_obs} cells"
+            if section_key is None
+            else f"section {order[small]!r} has {sizes[small]} cells"
+        )
+        warnings.warn(
+            f"`n_neighbors={n_neighbors}` is not below the number of cells ({what}): each "
+            f"cell is linked to at most all other cells of its section "
+            f"(`n_neighbors={int(k_per_section[small])}` there), as `sc.pp.neighbors` clips "
+            "to the data.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     start = logg.info(
         f"building the spatial graph ({method}, {adata.n_obs} cells, "
@@ -170,10 +176,10 @@ def spatial_graph(
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     previous: tuple[cKDTree, np.ndarray] | None = None
-    for cells in members:
+    for cells, k in zip(members, k_per_section, strict=True):
         tree = cKDTree(coords[cells], balanced_tree=False, compact_nodes=False)
         if method == "knn":
-            src, dst = _knn_pairs(tree, coords[cells], n_neighbors, workers)
+            src, dst = _knn_pairs(tree, coords[cells], int(k), workers)
         else:
             src, dst = _radius_pairs(tree, radius)
         rows.append(cells[src])
@@ -205,7 +211,7 @@ def spatial_graph(
 
     params: dict = {"method": method, "coord_type": "generic", "n_dims": int(n_dims)}
     if method == "knn":
-        params["n_neighbors"] = int(n_neighbors)
+        params["n_neighbors"] = int(k_per_section.max())  # after clipping to the data
     else:
         params["radius"] = float(radius)
     if coord_keys is not None:
@@ -371,6 +377,8 @@ def _knn_pairs(
     tree: cKDTree, coords: np.ndarray, k: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed edges from each point to its ``k`` nearest other points."""
+    if k < 1:  # a section of one cell
+        return np.empty(0, np.int32), np.empty(0, np.int32)
     # Querying in the tree's leaf order keeps consecutive queries close in space
     # (about twice as fast as the storage order on 10^6 cells).
     order = tree.indices

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,7 +77,14 @@ def spacon(
         Extra options for :func:`spacon.pp.spatial_graph`, :func:`spacon.pp.connectivity`,
         :func:`spacon.tl.train` and :func:`spacon.tl.cluster` (e.g. ``n_neighbors``, or
         ``top_k`` as defined in :func:`spacon.pp.connectivity`; not the options this
-        function sets itself).
+        function sets itself). A misspelt option is an error naming the valid ones.
+
+        An existing ``obsp["spatial_connectivities"]`` (yours, or squidpy's) is reused,
+        unless options say otherwise: passing ``spatial_graph_kwargs`` (even ``{}``), or a
+        ``section_key`` the existing graph was not built with (its record in
+        ``uns["spatial_neighbors"]["params"]``), rebuilds it with a warning. Never silently
+        ignored. As :func:`scanpy.pp.neighbors`, a clustering ``n_neighbors`` that is not
+        below the number of cells is lowered to ``n_obs - 1`` with a warning.
     random_state
         Seed for training and clustering.
     key_added
@@ -95,11 +104,25 @@ def spacon(
     >>> sp.tl.spacon(adata, fc, connectivity_kwargs={"threshold": 0.8, "top_k": 0.1}, n_clusters=4)
     """
     check_adata(adata, allow_view=copy)
+    for name, options in (
+        ("spatial_graph_kwargs", spatial_graph_kwargs),
+        ("connectivity_kwargs", connectivity_kwargs),
+        ("train_kwargs", train_kwargs),
+    ):
+        _check_kwargs(name, options)
     cluster_options = _check_early(adata, alpha, n_clusters, resolution, refine, cluster_kwargs)
     adata = adata.copy() if copy else adata
     start = logg.info("running spacon")
     with rollback_on_error(adata):
-        if Key.obsp.spatial_connectivities not in adata.obsp:
+        rebuild = _rebuild_reason(adata, spatial_graph_kwargs, section_key)
+        if rebuild is not None:
+            warnings.warn(
+                f"Rebuilding the existing `obsp[{Key.obsp.spatial_connectivities!r}]` because "
+                f"{rebuild}. Leave both out to reuse it.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if rebuild is not None or Key.obsp.spatial_connectivities not in adata.obsp:
             pp.spatial_graph(
                 adata,
                 spatial_key=spatial_key,
@@ -127,6 +150,65 @@ def spacon(
             refine_domains(adata, key=key_added, spatial_key=spatial_key, section_key=section_key)
     logg.info("    finished spacon", time=start)
     return adata if copy else None
+
+
+#: The ``*_kwargs`` of :func:`spacon`: the function they go to (its public name and its
+#: parameters, read once) and the options ``spacon`` sets itself.
+_KWARGS_TARGETS = {
+    "spatial_graph_kwargs": (
+        "sp.pp.spatial_graph",
+        inspect.signature(pp.spatial_graph).parameters,
+        {"spatial_key", "section_key", "copy"},
+    ),
+    "connectivity_kwargs": (
+        "sp.pp.connectivity", inspect.signature(pp.connectivity).parameters, {"copy"}
+    ),
+    "train_kwargs": (
+        "sp.tl.train", inspect.signature(train).parameters, {"connectome_graph_key", "embed"}
+    ),
+}
+
+
+def _check_kwargs(name: str, options) -> None:
+    """``options`` (a ``*_kwargs`` mapping) only holds keyword options of the function it
+    goes to that ``spacon`` does not set itself; otherwise a TypeError naming the valid ones."""
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise TypeError(f"`{name}` must be a dict of options, got {type(options).__name__}.")
+    target, params, own = _KWARGS_TARGETS[name]
+    clash = sorted(own & set(options))
+    if clash:
+        raise TypeError(f"`{name}` must not set {clash}: `sp.tl.spacon` sets them itself.")
+    valid = [p for i, p in enumerate(params) if i > 0 and p not in own]  # not `adata`
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+            for k in unknown
+            for close in [difflib.get_close_matches(str(k), valid, n=1)]
+        ]
+        raise TypeError(
+            f"`{name}` has unknown options {', '.join(hints)} for `{target}`; valid "
+            f"options: {valid}."
+        )
+
+
+def _rebuild_reason(adata: AnnData, spatial_graph_kwargs, section_key: str | None) -> str | None:
+    """Why the existing spatial graph must be rebuilt for this call, or None to reuse it."""
+    if Key.obsp.spatial_connectivities not in adata.obsp:
+        return None
+    if spatial_graph_kwargs is not None:
+        return f"`spatial_graph_kwargs={dict(spatial_graph_kwargs)!r}` was given"
+    if section_key is None:
+        return None
+    record = adata.uns.get(Key.neighbors(Key.obsm.spatial))
+    params = record.get("params") if hasattr(record, "get") else None
+    built_with = params.get("section_key") if hasattr(params, "get") else None
+    if built_with == section_key:
+        return None
+    how = "without sections" if built_with is None else f"with `section_key={built_with!r}`"
+    return f"`section_key={section_key!r}` was given and the graph was built {how}"
 
 
 def _check_early(
@@ -161,11 +243,14 @@ def _check_early(
     n_neighbors = options.get("n_neighbors", defaults["n_neighbors"].default)
     method = options.get("method", defaults["method"].default)
     if builds_graph(method, n_clusters) and is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:
-        raise ValueError(
-            f"Clustering uses `n_neighbors={n_neighbors}` neighbours but `adata` has only "
-            f"{adata.n_obs} cells; pass `cluster_kwargs={{'n_neighbors': "
-            f"{min(15, adata.n_obs - 1)}}}`."
+        warnings.warn(
+            f"Clustering's `n_neighbors={n_neighbors}` is not below the {adata.n_obs} cells of "
+            f"`adata`: using `n_neighbors={adata.n_obs - 1}` (as `sc.pp.neighbors` does).",
+            UserWarning,
+            stacklevel=3,
         )
+        n_neighbors = adata.n_obs - 1
+        options["n_neighbors"] = n_neighbors
     _check_cluster_options(
         adata,
         alpha=alpha,
