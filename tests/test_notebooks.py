@@ -29,14 +29,18 @@ def test_notebook_executes(path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("SPACON_TUTORIAL_QUICK", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # Jupyter's own inline backend
     book = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
-    text = "\n".join(
-        out.get("text", "") for cell in book.cells if cell.cell_type == "code"
-        for out in cell.outputs
-    )
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    text = "\n".join(out.get("text", "") for cell in code for out in cell.outputs)
     assert "ARI" in text
+    assert "IProgress" not in text and "TqdmWarning" not in text
+    # every cell that plots shows its figure, once (no figure drawn twice, none missing)
+    for cell in code:
+        images = sum("image/png" in out.get("data", {}) for out in cell.outputs)
+        plots = "sp.pl." in cell.source
+        assert images == int(plots), (cell.source, images)
