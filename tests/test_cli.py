@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
@@ -14,7 +15,7 @@ import scanpy as sc
 
 import spacon as sp
 from spacon import Key
-from spacon.cli import build_parser, main
+from spacon.cli import _command_parser, _name_flags, build_parser, main
 
 
 def test_demo_writes_result_and_figures(tmp_path, capsys, monkeypatch):
@@ -160,3 +161,81 @@ def test_top_k_refused_with_the_rule(command, text, match, capsys):
     assert err.startswith(f"spacon {command}: error: argument --top-k")
     assert re.search(match, err), err
 
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"spacon {sp.__version__}"
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "obsm key of the coordinates (default: spatial)" in text
+    assert "(default: 1.0)" in text  # --alpha
+    assert "--use-rep" in text and "--hidden-dims" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_errors_name_flags_not_python_arguments(user_files, tmp_path, capsys):
+    data, fc = user_files
+    out = ["--out", str(tmp_path / "o"), "--epochs", "2"]
+    code = main(["run", str(data), "--connectivity", str(fc), "--regions-key", "nope", *out])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--regions-key" in err and "regions_key" not in err
+
+
+def test_name_flags_rewrites_argument_names():
+    run = _command_parser(build_parser(), "run")
+    text = _name_flags("`regions_key='x'` is not a column; pass `use_rep` or n_epochs=3.", run)
+    assert text == "`--regions-key 'x'` is not a column; pass `--use-rep` or --epochs 3."
+
+
+def test_run_saves_the_model_and_takes_training_options(user_files, tmp_path, capsys):
+    data, fc = user_files
+    out = tmp_path / "o"
+    code = main([
+        "run", str(data), "--connectivity", str(fc), "--out", str(out), "--epochs", "2",
+        "--hidden-dims", "16", "8", "4", "--n-clusters", "3",
+    ])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert str(out / "model") in captured.out
+    model = sp.tl.SpaconModel.load(out / "model")
+    assert model.hidden_dims[-3:] == [16, 8, 4]
+    # no --quiet, stderr is not a terminal: no progress-bar redraws in the log
+    assert "\r" not in captured.err and "epoch/s" not in captured.err
+
+
+def test_run_use_rep(user_files, tmp_path, capsys):
+    data, fc = user_files
+    code = main(["run", str(data), "--connectivity", str(fc), "--out", str(tmp_path / "o"),
+                 "--epochs", "2", "--use-rep", "X_missing"])  # fmt: skip
+    assert code == 2
+    assert "X_missing" in capsys.readouterr().err
+
+
+def test_one_liner_saves_the_model_only_when_every_step_succeeded(tmp_path, monkeypatch):
+    adata = sp.datasets.flatmap(n_spots=300, n_genes=60, random_state=2)
+    fc = adata.obsp.pop("functional_connectivity")
+    tiny = {"hidden_dims": [16, 8, 4], "n_epochs": 2, "progress": False}
+    with monkeypatch.context() as patch:
+
+        from spacon.tl._spacon import refine_domains
+
+        @functools.wraps(refine_domains)  # keeps the signature the early checks read
+        def failing_refine(*args, **kwargs):
+            raise ValueError("refine failed")
+
+        patch.setattr("spacon.tl._spacon.refine_domains", failing_refine)
+        with pytest.raises(ValueError, match="refine failed"):  # the last step, after training
+            sp.tl.spacon(adata, fc, n_clusters=3, refine=True, train_kwargs=tiny,
+                         model_dir=tmp_path / "bad")  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    sp.tl.spacon(adata, fc, n_clusters=3, train_kwargs=tiny, model_dir=tmp_path / "model")
+    model = sp.tl.SpaconModel.load(tmp_path / "model")
+    assert model.hidden_dims[-3:] == [16, 8, 4]

@@ -717,10 +717,13 @@ def test_cli_outputs_are_atomic(cli_files, capsys, monkeypatch):
                     str(cli_files / "fc.npy"), "--top-k", "10", "--n-clusters", "3",
                     "--out", str(cli_files / "out")], capsys)
     assert code == 0
-    written = sorted(os.listdir(cli_files / "out"))
-    assert written == ["cells_spacon.h5ad", "domains.png", "loss.png"]  # no temporaries left
-    out = str(cli_files / "out")
-    assert sorted(os.path.basename(p) for p in renamed if os.path.dirname(p) == out) == written
+    listed = sorted(os.listdir(cli_files / "out"))
+    assert listed == ["cells_spacon.h5ad", "domains.png", "loss.png", "model"]  # no temporaries
+    for folder, files in ((cli_files / "out", listed[:-1]), (cli_files / "out" / "model", None)):
+        files = sorted(os.listdir(folder)) if files is None else files
+        assert files and sorted(
+            os.path.basename(p) for p in renamed if os.path.dirname(p) == str(folder)
+        ) == files
     mode = os.stat(cli_files / "out" / "domains.png").st_mode & 0o777
     assert mode == 0o666 & ~_io._umask()
 

@@ -15,10 +15,45 @@ from pathlib import Path
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
 
 
-def _error_message(error: BaseException) -> str:
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    return str(error)
+#: Python argument names that the command line spells differently from ``--name-with-dashes``.
+_FLAG_FOR = {"n_epochs": "--epochs", "random_state": "--seed", "fc": "--connectivity"}
+
+
+def _error_message(error: BaseException, parser: argparse.ArgumentParser | None = None) -> str:
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return message if parser is None else _name_flags(message, parser)
+
+
+def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """Say ``--regions-key`` where a message of the Python API says ``regions_key=``."""
+    flags = dict(_FLAG_FOR)
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                flags.setdefault(action.dest, option)
+    for name, flag in flags.items():
+        # `name=value` -> `--flag value`; `name` -> `--flag`; a bare name= -> --flag
+        message = re.sub(rf"`{name}=([^`]*)`", rf"`{flag} \1`", message)
+        message = re.sub(rf"`{name}`", f"`{flag}`", message)
+        message = re.sub(rf"(?<![\w.\-]){name}=", f"{flag} ", message)
+    return message
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name`` (its options name the flags in errors)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except for flags and options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == "==SUPPRESS==":
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _top_k(text: str) -> int | float:
@@ -62,10 +97,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--alpha", type=float, default=1.0, help="0 = spatial, 1 = connectome")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--n-clusters", type=int, default=None, help="number of domains")
-    group.add_argument("--resolution", type=float, default=None, help="Leiden resolution")
+    group.add_argument(
+        "--n-clusters", type=int, default=None, help="number of domains (default: Leiden decides)"
+    )
+    group.add_argument(
+        "--resolution", type=float, default=None, help="Leiden resolution (default: 1.0)"
+    )
     parser.add_argument("--refine", action="store_true", help="majority-vote label refinement")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: sp.tl.train's)"
+    )
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
@@ -73,16 +114,31 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``spacon`` command."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
-        prog="spacon", description="Spatial domains from spatial transcriptomics + a connectome."
+        prog="spacon",
+        description="Spatial domains from spatial transcriptomics + a connectome.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the whole pipeline on the built-in flatmap data")
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on the built-in flatmap data",
+        formatter_class=_HelpFormatter,
+    )
     _add_common(demo)
     demo.add_argument("--n-spots", type=int, default=3372, help="size of the simulated flatmap")
 
-    run = commands.add_parser("run", help="run the whole pipeline on your .h5ad")
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline on your .h5ad",
+        description="Build the graphs, train, embed and cluster; write DIR/<data>_spacon.h5ad, "
+        "the trained model DIR/model (for `sp.tl.embed(other, 'DIR/model')`) and figures.",
+        formatter_class=_HelpFormatter,
+    )
     run.add_argument("data", type=Path, help="AnnData file (.h5ad) with coordinates in obsm")
     run.add_argument(
         "--connectivity",
@@ -96,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
     run.add_argument("--threshold", type=float, default=None, help=_THRESHOLD_HELP)
     run.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
+    run.add_argument("--use-rep", default=None, help="obsm key of the input features (default: adata.X)")
+    run.add_argument(
+        "--hidden-dims", type=int, nargs="+", default=None, help="layer widths, e.g. 256 128 32"
+    )
     _add_common(run)
 
     train = commands.add_parser(
@@ -105,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train spacon, embed every cell and write DIR/<data>_spacon.h5ad and the "
         "model DIR/model. Launched by `torchrun --nproc_per_node=N -m spacon train ...` (or "
         "srun), the processes train data-parallel and rank 0 writes the outputs.",
+        formatter_class=_HelpFormatter,
     )
     train.add_argument("data", type=Path, help="AnnData file (.h5ad) with coordinates in obsm")
     train.add_argument(
@@ -239,18 +300,25 @@ def _run(args: argparse.Namespace) -> int:
         connectivity_kwargs["top_k"] = args.top_k
     if args.regions_key is not None:
         connectivity_kwargs["regions_key"] = args.regions_key
+    options = _cluster_options(args)
+    for name in ("use_rep", "hidden_dims"):
+        if getattr(args, name) is not None:
+            options["train_kwargs"][name] = getattr(args, name)
+    model_dir = args.out / "model"
     tl.spacon(
         adata,
         None if args.connectivity is None else str(args.connectivity),
         spatial_key=args.spatial_key,
         section_key=args.section_key,
         connectivity_kwargs=connectivity_kwargs,
-        **_cluster_options(args),
+        model_dir=model_dir,
+        **options,
     )
     key = Key.refined(Key.obs.domains) if args.refine else Key.obs.domains
     written = _write_outputs(
         adata, args.out, key=key, stem=args.data.stem + "_spacon", alpha=args.alpha
     )
+    written.insert(1, model_dir)
     print(f"{adata.n_obs} cells, {adata.obs[key].nunique()} domains; wrote:")
     for path in written:
         print(f"  {path}")
@@ -335,7 +403,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spacon`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import scanpy as sc
 
     sc.settings.verbosity = "warning" if args.quiet else "info"
@@ -371,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except USER_ERRORS as error:
-        print(f"spacon: error: {_error_message(error)}", file=sys.stderr)
+        command = _command_parser(parser, args.command)
+        print(f"spacon: error: {_error_message(error, command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spacon: interrupted; no output file was left half-written.", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ def spacon(
     cluster_kwargs: Mapping[str, Any] | None = None,
     random_state: int = 0,
     key_added: str = Key.obs.domains,
+    model_dir: str | os.PathLike | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Run the whole SpaCon pipeline: graphs → train → embed → cluster (→ refine).
@@ -89,6 +91,10 @@ def spacon(
         Seed for training and clustering.
     key_added
         ``obs`` column of the domains.
+    model_dir
+        Also save the trained model to this folder (:meth:`~spacon.tl.SpaconModel.save`,
+        replacing a model saved there before), so that
+        ``sp.tl.embed(other, model_dir)`` embeds other data with it.
     copy
         Work on and return a copy.
 
@@ -136,7 +142,7 @@ def spacon(
             pp.connectivity(adata, fc, **options)
         connectome_key = connectome_key_or_spatial(adata, fc_given=fc is not None)
         options = {"random_state": random_state, **dict(train_kwargs or {}), "embed": True}
-        train(adata, connectome_graph_key=connectome_key, **options)
+        model = train(adata, connectome_graph_key=connectome_key, **options)
         cluster(
             adata,
             alpha=alpha,
@@ -148,6 +154,8 @@ def spacon(
         )
         if refine:
             refine_domains(adata, key=key_added, spatial_key=spatial_key, section_key=section_key)
+    if model_dir is not None:  # only once every step succeeded
+        model.save(model_dir, overwrite=True)
     logg.info("    finished spacon", time=start)
     return adata if copy else None
 
