@@ -298,7 +298,6 @@ def test_h5ad_round_trip(clustered, tmp_path):
         ({"resolution": -1.0}, ValueError, "resolution"),
         ({"n_clusters": 0}, ValueError, "n_clusters"),
         ({"n_clusters": 61}, ValueError, "n_clusters"),
-        ({"n_neighbors": 60}, ValueError, "n_neighbors"),
         ({"n_neighbors": 1}, ValueError, "n_neighbors"),
         ({"method": "kmeans"}, ValueError, "method"),
         ({"method": "gmm"}, ValueError, "method"),
@@ -576,3 +575,14 @@ def test_bad_keys_follow_the_validators_rule(options, error):
     with pytest.raises(error, match="non-empty string"):
         cluster(adata, alpha=0.0, n_clusters=3, **options)
     _assert_unchanged(adata, snap)
+
+
+def test_n_neighbors_is_clipped_to_the_data_with_a_warning(monkeypatch):
+    from spacon.tl import _cluster
+
+    warnings = []
+    monkeypatch.setattr(_cluster.logg, "warning", lambda msg, *a, **k: warnings.append(msg))
+    adata = _planted(n=30)
+    cluster(adata, alpha=0.0, method="leiden", n_neighbors=40, key_added="small")
+    assert adata.uns["small"]["params"]["n_neighbors"] == 29
+    assert len(warnings) == 1 and "using 29" in warnings[0]

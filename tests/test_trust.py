@@ -323,12 +323,12 @@ def test_coordinates_with_one_distinct_value():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        # pp.spatial_graph clips n_neighbors instead, as sc.pp.neighbors: test_conventions.py
-        (lambda a: sp.tl.cluster(a, n_neighbors=200), r"n_neighbors.*\[2, 80\)"),
+        # pp.spatial_graph and tl.cluster clip n_neighbors instead, as sc.pp.neighbors
+        # (test_conventions.py, test_cluster.py)
         (lambda a: sp.tl.refine(a, n_neighbors=80), r"n_neighbors.*\[1, 79\]"),
         (lambda a: sp.tl.cluster(a, n_clusters=81), r"n_clusters.*\[1, n_obs=80\]"),
     ],
-    ids=["cluster-knn", "refine-voters", "n_clusters"],
+    ids=["refine-voters", "n_clusters"],
 )
 def test_fewer_cells_than_asked_for(clustered, call, match):
     fails_cleanly(clustered.copy(), call, ValueError, match)

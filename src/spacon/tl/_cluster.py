@@ -191,7 +191,8 @@ def cluster(
     spatial_graph_key
         ``adata.obsp`` key of the spatial graph used by ``hops``.
     n_neighbors
-        Neighbours of the kNN graph on the mix (Leiden and Louvain).
+        Neighbours of the kNN graph on the mix (Leiden and Louvain); clipped to
+        ``n_obs - 1``, with a warning, on smaller data.
     random_state
         Seed of the neighbour search and of the community detection.
     key_added
@@ -229,6 +230,12 @@ def cluster(
     >>> adata.obs["spacon"].value_counts()
     """
     check_adata(adata, allow_view=copy)
+    if is_int(n_neighbors) and 2 <= adata.n_obs - 1 < n_neighbors and builds_graph(method, n_clusters):
+        logg.warning(
+            f"`n_neighbors={n_neighbors}` is not below the number of cells ({adata.n_obs}); "
+            f"using {adata.n_obs - 1}, as `sc.pp.neighbors` does."
+        )
+        n_neighbors = adata.n_obs - 1
     _check_cluster_options(
         adata,
         alpha=alpha,

@@ -24,6 +24,7 @@ from scanpy import settings
 from .._constants import Key
 from .._progress import tqdm
 from .._utils import check_adata, check_graph, get_coordinates
+from .._validators import check_key_added, check_positive_int, is_int
 
 #: Representations computed by spacon per fold (anything else in ``obsm`` is used as is).
 _SPACON_REPS = (Key.obsm.connectome_embedding, Key.obsm.spatial_embedding)
@@ -286,10 +287,6 @@ def predict_connectivity(
 # --------------------------------------------------------------------------- options
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_options(adata: AnnData, **kw) -> dict:
     use_rep = kw["use_rep"]
     if not isinstance(use_rep, str):
@@ -307,15 +304,9 @@ def _check_options(adata: AnnData, **kw) -> dict:
     if unknown:
         raise ValueError(f"Unknown `baselines` {unknown}; choose from {list(_BASELINES)}.")
     for name in ("n_folds", "n_neighbors", "n_pcs"):
-        low = 2 if name == "n_folds" else 1
-        if not _is_int(kw[name]) or kw[name] < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {kw[name]!r}.")
-    if not _is_int(kw["random_state"]) or kw["random_state"] < 0:
-        raise ValueError(
-            f"`random_state` must be a non-negative integer, got {kw['random_state']!r}."
-        )
-    if not isinstance(kw["key_added"], str) or not kw["key_added"]:
-        raise ValueError(f"`key_added` must be a non-empty string, got {kw['key_added']!r}.")
+        check_positive_int(name, kw[name], minimum=2 if name == "n_folds" else 1)
+    check_positive_int("random_state", kw["random_state"], minimum=0)
+    check_key_added(kw["key_added"])
     train_kwargs = dict(kw["train_kwargs"] or {})
     own = {"connectome_graph_key", "spatial_graph_key", "key_added", "embed"}
     clash = sorted(own & set(train_kwargs))
@@ -526,7 +517,7 @@ def _bins(layout: _Layout, distance_bins) -> tuple[np.ndarray, np.ndarray, np.nd
         raise TypeError(
             f"`distance_bins` must be an int or a list of edges, got {distance_bins!r}."
         )
-    if _is_int(distance_bins):
+    if is_int(distance_bins):
         if distance_bins < 1:
             raise ValueError(f"`distance_bins` must be >= 1, got {distance_bins!r}.")
         n = int(distance_bins)
@@ -584,8 +575,8 @@ def _fold_embeddings(
         X=adata.X,
         obs=pd.DataFrame(index=adata.obs_names.copy()),
         var=pd.DataFrame(index=adata.var_names.copy()),
-        layers={k: v for k, v in adata.layers.items()},
-        obsm={k: v for k, v in adata.obsm.items()},
+        layers=dict(adata.layers.items()),
+        obsm=dict(adata.obsm.items()),
     )
     fold.obsp[graph_key] = masked
     fold.obsp[spatial_graph_key] = adata.obsp[spatial_graph_key]
@@ -721,9 +712,10 @@ def _knn_scores(pred, truth, sub_x, sub_y, counts, sub_to_bin, n_bins):
     pearson = np.empty((n_cells, n_bins + 1))
     spearman = np.empty((n_cells, n_bins + 1))
     rows_x, rows_y = _rows(pred), _rows(truth)
-    for column, (bx, by, n_total) in enumerate(
-        [(bin_x, bin_y, n_per_bin)] + [(np.zeros_like(bin_x), np.zeros_like(bin_y), None)]
-    ):
+    for bx, by, n_total in [
+        (bin_x, bin_y, n_per_bin),
+        (np.zeros_like(bin_x), np.zeros_like(bin_y), None),
+    ]:
         width = n_bins if n_total is not None else 1
         if n_total is None:
             n_total = counts.sum(axis=1, keepdims=True)
