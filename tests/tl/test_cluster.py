@@ -17,7 +17,7 @@ from spacon.tl._refine import refine
 
 N_CELLS = 300
 # The planted embeddings sit at random positions, with no spatial graph: these tests are
-# about clustering the mix itself (neighbourhood scales: tests/test_aggregate.py).
+# about clustering the mix itself (neighbourhood scales: tests/tl/test_aggregate.py).
 cluster = partial(_cluster, hops=(0,))
 
 

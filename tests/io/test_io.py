@@ -119,7 +119,7 @@ def test_missing_nibabel_names_the_extra(monkeypatch, tmp_path):
 def test_listed_in_api_docs():
     from pathlib import Path
 
-    api = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    api = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
     for name in sp.io.__all__:
         assert f"   io.{name}\n" in api
         assert "Examples" in getattr(sp.io, name).__doc__
