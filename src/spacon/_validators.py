@@ -13,6 +13,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import pandas as pd
 
 
 def is_int(value: object) -> bool:
@@ -60,3 +61,17 @@ def check_key_added(value: object, *, name: str = "key_added") -> str:
     if not value:
         raise ValueError(f"`{name}` must be a non-empty string, got {value!r}.")
     return value
+
+
+def obs_categorical(adata, key: object, *, name: str, hint: str = "") -> pd.Series:
+    """``adata.obs[key]`` as a categorical column; a ``KeyError`` naming the available
+    columns (and ``hint``, the fix) when ``key`` is not one of them."""
+    if not isinstance(key, str) or key not in adata.obs.columns:
+        raise KeyError(
+            f"`{name}={key!r}` is not a column of `adata.obs` "
+            f"(available: {list(adata.obs.columns)[:10]}).{' ' + hint if hint else ''}"
+        )
+    column = adata.obs[key]
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype("category")
+    return column

@@ -23,7 +23,7 @@ from .._utils import (
     memory_budget,
     sparse_to_float32_csr,
 )
-from .._validators import check_key_added, is_real
+from .._validators import check_key_added, is_real, obs_categorical
 
 #: Edges sampled per cell when ``regions_key`` is given and ``top_k`` is not.
 _DEFAULT_REGION_TOP_K = 100
@@ -618,14 +618,9 @@ class _RegionSource(_Source):
 def _region_source(
     adata: AnnData, raw: object, label: str, regions_key: str, opts: _Options
 ) -> _Source:
-    if regions_key not in adata.obs.columns:
-        raise KeyError(
-            f"`regions_key={regions_key!r}` is not a column of `adata.obs` "
-            f"(available: {list(adata.obs.columns)[:10]}). Store each cell's region there."
-        )
-    column = adata.obs[regions_key]
-    if not isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.astype("category")
+    column = obs_categorical(
+        adata, regions_key, name="regions_key", hint="Store each cell's region there."
+    )
     categories = column.cat.categories
     codes = column.cat.codes.to_numpy().astype(np.int64)
     n_cat = len(categories)

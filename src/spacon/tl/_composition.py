@@ -11,21 +11,13 @@ from scanpy import logging as logg
 
 from .._constants import Key
 from .._utils import check_adata
-from .._validators import check_key_added
+from .._validators import check_key_added, obs_categorical
 
 _NORMALIZE = ("domain", "region", "all", None)
 
 
 def _categories(adata: AnnData, key: str, name: str, hint: str) -> pd.Categorical:
-    if not isinstance(key, str) or key not in adata.obs.columns:
-        raise KeyError(
-            f"`{name}={key!r}` is not a column of `adata.obs` "
-            f"(available: {list(adata.obs.columns)[:10]}). {hint}"
-        )
-    column = adata.obs[key]
-    if not isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.astype("category")
-    return column.array
+    return obs_categorical(adata, key, name=name, hint=hint).array
 
 
 def domain_composition(

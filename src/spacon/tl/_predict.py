@@ -24,7 +24,7 @@ from scanpy import settings
 from .._constants import Key
 from .._progress import tqdm
 from .._utils import check_adata, check_graph, get_coordinates
-from .._validators import check_key_added, check_positive_int, is_int
+from .._validators import check_key_added, check_positive_int, is_int, obs_categorical
 
 #: Representations computed by spacon per fold (anything else in ``obsm`` is used as is).
 _SPACON_REPS = (Key.obsm.connectome_embedding, Key.obsm.spatial_embedding)
@@ -420,14 +420,7 @@ class _Layout:
                 col_coords=coords,
                 n_units=n,
             )
-        if regions_key not in adata.obs.columns:
-            raise KeyError(
-                f"`regions_key={regions_key!r}` is not a column of `adata.obs` "
-                f"(available: {list(adata.obs.columns)[:10]})."
-            )
-        column = adata.obs[regions_key]
-        if not isinstance(column.dtype, pd.CategoricalDtype):
-            column = column.astype("category")
+        column = obs_categorical(adata, regions_key, name="regions_key")
         codes = column.cat.codes.to_numpy().astype(np.int64)
         present, codes_present = np.unique(codes[codes >= 0], return_inverse=True)
         row_unit = np.full(n, -1, dtype=np.int64)
