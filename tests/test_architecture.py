@@ -5,6 +5,8 @@
 - ``spacon.pl`` uses the public face of ``spacon.tl`` only;
 - no import cycle between spacon's modules (imports inside functions count: a deferred
   import that closes a circle is still a circle);
+- the optional ``spatialdata`` has one home, ``spacon._spatialdata``, which imports it only
+  inside functions (``import spacon`` never loads it);
 - the package is typed (``py.typed``).
 """
 
@@ -144,6 +146,25 @@ def test_contract_checker_sees_a_cycle(tmp_path, monkeypatch):
     (tmp_path / "spacon" / "tl" / "_embed.py").write_text("")
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
     assert "spacon.tl._embed" in imports(fake)
+
+
+def test_spatialdata_is_imported_only_by_its_home_and_only_when_used():
+    home = "spacon._spatialdata"
+    assert home in MODULES
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or _type_checking_only(node, parents):
+                continue
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if not any(m.partition(".")[0] == "spatialdata" for m in modules):
+                continue
+            assert name == home, f"{name} imports spatialdata; go through {home}.resolve_table"
+            scope = node
+            while scope in parents and not isinstance(scope, ast.FunctionDef):
+                scope = parents[scope]
+            assert isinstance(scope, ast.FunctionDef), f"{home} imports spatialdata at module level"
 
 
 def test_package_is_typed():

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from scanpy import settings
 
 from .._constants import Key
 from .._progress import tqdm
+from .._spatialdata import resolve_table
 from .._utils import (
     check_adata,
     check_memory_budget,
@@ -24,6 +26,9 @@ from .._utils import (
     sparse_to_float32_csr,
 )
 from .._validators import check_key_added, is_real, obs_categorical
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 #: Edges sampled per cell when ``regions_key`` is given and ``top_k`` is not.
 _DEFAULT_REGION_TOP_K = 100
@@ -43,7 +48,7 @@ _ACCEPTED = (
 
 
 def connectivity(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     fc: np.ndarray | sp_sparse.spmatrix | sp_sparse.sparray | pd.DataFrame | str | os.PathLike,
     *,
     regions_key: str | None = None,
@@ -56,6 +61,8 @@ def connectivity(
     random_state: int = 0,
     block_size: int | None = None,
     key_added: str = "connectome",
+    table_key: str | None = None,
+    coordinate_system: str = "global",
     copy: bool = False,
 ) -> AnnData | None:
     """Build the connectome graph from a cell x cell or region x region connectivity matrix.
@@ -82,7 +89,9 @@ def connectivity(
     Parameters
     ----------
     adata
-        Annotated data matrix; the graph is stored in it.
+        Annotated data matrix; the graph is stored in it. Or a
+        :class:`spatialdata.SpatialData`: its table ``table_key`` is then used and annotated
+        (``fc`` labels and ``obsp`` keys refer to that table).
     fc
         Connectivity between cells, one of: a dense ``(n_obs, n_obs)`` array (a
         ``np.load(..., mmap_mode="r")`` memory map is read in row blocks, never whole); a
@@ -141,8 +150,16 @@ def connectivity(
     key_added
         The graph goes to ``adata.obsp[f"{key_added}_connectivities"]`` and its parameters to
         ``adata.uns[f"{key_added}_neighbors"]``.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
+    coordinate_system
+        With a SpatialData whose table lacks ``obsm[spatial_key]``, when ``decay != 0``:
+        the centroids of the elements the table annotates, in this coordinate system, are
+        stored there first.
     copy
-        Return a modified copy instead of writing into ``adata``.
+        Return a modified copy instead of writing into ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -168,6 +185,8 @@ def connectivity(
 
     >>> spacon.pp.connectivity(adata, region_df, regions_key="region", top_k=100)  # doctest: +SKIP
     """
+    reads = spatial_key if is_real(decay) and decay != 0 else None  # coordinates for decay only
+    adata = resolve_table(adata, table_key, coordinate_system, reads, copy=copy)
     check_adata(adata, allow_view=copy)
     n_obs = adata.n_obs
     opts = _check_options(

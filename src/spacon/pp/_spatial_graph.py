@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,12 @@ from scanpy import settings
 from scipy.spatial import cKDTree
 
 from .._constants import Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata, get_coordinates
 from .._validators import check_key_added
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 _METHODS = ("knn", "radius")
 # Edges whose lengths are computed at once (bounds the temporary memory to ~100 MB).
@@ -25,7 +29,7 @@ _EDGE_CHUNK = 1 << 22
 
 
 def spatial_graph(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     method: Literal["knn", "radius"] = "knn",
     n_neighbors: int = 15,
@@ -37,6 +41,8 @@ def spatial_graph(
     inter_section_radius: float | None = None,
     n_jobs: int | None = None,
     key_added: str = Key.obsm.spatial,
+    table_key: str | None = None,
+    coordinate_system: str = "global",
     copy: bool = False,
 ) -> AnnData | None:
     """Build a spatial neighbourhood graph from cell coordinates.
@@ -54,7 +60,8 @@ def spatial_graph(
     Parameters
     ----------
     adata
-        Annotated data matrix with 2-D or 3-D cell coordinates.
+        Annotated data matrix with 2-D or 3-D cell coordinates, or a
+        :class:`spatialdata.SpatialData`, whose table ``table_key`` is then used and annotated.
     method
         ``"knn"`` (nearest neighbours) or ``"radius"`` (all cells within ``radius``).
     n_neighbors
@@ -82,8 +89,16 @@ def spatial_graph(
         :attr:`scanpy.settings.n_jobs`, ``-1`` all cores.
     key_added
         Prefix of the stored keys, as squidpy's ``key_added``.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
+    coordinate_system
+        With a SpatialData whose table lacks ``obsm[spatial_key]`` (and no ``coord_keys``):
+        the centroids of the elements the table annotates, in this coordinate system, are
+        stored there first, for this and later steps (and squidpy).
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -111,6 +126,8 @@ def spatial_graph(
     ...     inter_section_radius=1.0,
     ... )
     """
+    reads = spatial_key if coord_keys is None else None  # the obsm key of the coordinates
+    adata = resolve_table(adata, table_key, coordinate_system, reads, copy=copy)
     adata = check_adata(adata, allow_view=copy)
     _check_options(
         method=method,

@@ -7,7 +7,7 @@ The features are built in :mod:`._features`, the clustering methods live in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, is_int, is_real
 from ._aggregate import check_hops
@@ -33,6 +34,9 @@ from ._features import (
     get_embeddings,
     mixing_weight,
 )
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 _METHODS = ("auto", *CLUSTERERS)
 _ALPHA_SCALES = ("exponential", "linear")
@@ -93,7 +97,7 @@ def _check_cluster_options(
 
 
 def cluster(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     alpha: float = 1.0,
     alpha_scale: Literal["exponential", "linear"] = "exponential",
@@ -109,6 +113,7 @@ def cluster(
     random_state: int = 0,
     key_added: str = Key.obs.domains,
     neighbors_key: str | None = None,
+    table_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Cluster cells into spatial domains from the alpha-weighted mix of both embeddings.
@@ -130,7 +135,8 @@ def cluster(
     Parameters
     ----------
     adata
-        Annotated data with both embeddings (run :func:`spacon.tl.embed` first).
+        Annotated data with both embeddings (run :func:`spacon.tl.embed` first), or a
+        :class:`spatialdata.SpatialData` whose table ``table_key`` has them.
     alpha
         Weight of the connectome in [0, 1]: 0 uses only the spatial embedding, 1 only
         the connectome embedding.
@@ -204,8 +210,12 @@ def cluster(
         ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
         ``"neighbors"`` graph is kept. k-means and the mixture need no graph; for a UMAP
         of the mix run ``sc.pp.neighbors(adata, use_rep=f"X_{key_added}")``.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -229,6 +239,7 @@ def cluster(
     >>> sp.tl.cluster(adata, alpha=0.0, n_clusters="auto", key_added="spacon_auto")
     >>> adata.obs["spacon"].value_counts()
     """
+    adata = resolve_table(adata, table_key)
     check_adata(adata, allow_view=copy)
     if is_int(n_neighbors) and 2 <= adata.n_obs - 1 < n_neighbors and builds_graph(method, n_clusters):
         logg.warning(

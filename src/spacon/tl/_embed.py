@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import DEFAULT_KEY, Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_bool, check_key_added, check_positive_int
 from ._inputs import describe_source
 from ._model import Latent, SpaconModel
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 _NO_MODEL = (
     "run `sp.tl.train(adata)`: it writes the embeddings itself (`embed=True`) and returns the "
@@ -38,7 +42,7 @@ def resolve_model(model: object, adata: AnnData) -> SpaconModel:
 
 
 def embed(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     model: SpaconModel | str | os.PathLike | None = None,
     *,
     key_added: str = DEFAULT_KEY,
@@ -47,6 +51,7 @@ def embed(
     reconstruction: bool = False,
     distributed: bool = False,
     progress: bool = True,
+    table_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Embed every cell with a trained model and store both embeddings.
@@ -60,7 +65,8 @@ def embed(
     Parameters
     ----------
     adata
-        The annotated data (same features and graph keys as for training).
+        The annotated data (same features and graph keys as for training), or a
+        :class:`spatialdata.SpatialData` whose table ``table_key`` is embedded.
     model
         The :class:`~spacon.tl.SpaconModel` :func:`spacon.tl.train` returned, or the folder a
         model was saved to (:meth:`~spacon.tl.SpaconModel.save`).
@@ -84,8 +90,12 @@ def embed(
         Write the results from rank 0 only.
     progress
         Show a progress bar (also needs scanpy's verbosity at ``info`` or above).
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -107,6 +117,7 @@ def embed(
     >>> sp.tl.embed(other, "spacon_model", key_added="reloaded")
     >>> other.obsm["X_reloaded_spatial"].shape
     """
+    adata = resolve_table(adata, table_key)
     check_adata(adata, allow_view=copy)
     check_key_added(key_added)
     batch_size = check_positive_int("batch_size", batch_size)

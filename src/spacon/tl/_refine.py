@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -9,8 +11,12 @@ from scanpy import logging as logg
 from scipy.spatial import cKDTree
 
 from .._constants import Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata, get_coordinates
 from .._validators import check_key_added
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 # Cells queried at once: bounds the (chunk, k) neighbour arrays to a few hundred MB.
 _CHUNK = 200_000
@@ -60,13 +66,15 @@ def _majority(own: np.ndarray, neigh: np.ndarray) -> np.ndarray:
 
 
 def refine(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     key: str = Key.obs.domains,
     n_neighbors: int = 25,
     spatial_key: str = Key.obsm.spatial,
     section_key: str | None = None,
     key_added: str | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = "global",
     copy: bool = False,
 ) -> AnnData | None:
     """Smooth domain labels: each cell takes the majority label of its nearest cells.
@@ -81,7 +89,8 @@ def refine(
     Parameters
     ----------
     adata
-        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``.
+        Annotated data with labels in ``obs[key]`` and coordinates in ``obsm[spatial_key]``,
+        or a :class:`spatialdata.SpatialData` whose table ``table_key`` has the labels.
     key
         ``obs`` column of the labels to refine (e.g. from :func:`spacon.tl.cluster`).
     n_neighbors
@@ -94,8 +103,15 @@ def refine(
         other cells).
     key_added
         ``obs`` column for the refined labels; defaults to ``f"{key}_refined"``.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
+    coordinate_system
+        With a SpatialData whose table lacks ``obsm[spatial_key]``: the centroids of the
+        elements the table annotates, in this coordinate system, are stored there first.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -110,6 +126,7 @@ def refine(
     >>> sp.tl.refine(adata, key="spacon", n_neighbors=25)
     >>> sp.pl.domains(adata, key="spacon_refined")
     """
+    adata = resolve_table(adata, table_key, coordinate_system, spatial_key, copy=copy)
     check_adata(adata, allow_view=copy)
     if not isinstance(key, str) or key not in adata.obs.columns:
         raise KeyError(

@@ -7,13 +7,14 @@ import inspect
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 from scanpy import logging as logg
 
 from .. import pp
 from .._constants import Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata, rollback_on_error
 from .._validators import is_int
 from ._cluster import _check_cluster_options, builds_graph, cluster
@@ -21,9 +22,12 @@ from ._inputs import connectome_key_or_spatial
 from ._refine import refine as refine_domains
 from ._train import train
 
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
 
 def spacon(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     fc: Any = None,
     *,
     alpha: float = 1.0,
@@ -39,6 +43,8 @@ def spacon(
     random_state: int = 0,
     key_added: str = Key.obs.domains,
     model_dir: str | os.PathLike | None = None,
+    table_key: str | None = None,
+    coordinate_system: str = "global",
     copy: bool = False,
 ) -> AnnData | None:
     """Run the whole SpaCon pipeline: graphs → train → embed → cluster (→ refine).
@@ -56,7 +62,8 @@ def spacon(
     ----------
     adata
         Cells or spots with log-normalised expression and coordinates in
-        ``obsm[spatial_key]``.
+        ``obsm[spatial_key]``. Or a :class:`spatialdata.SpatialData`: every step then
+        works on, and writes to, its table ``table_key``.
     fc
         Connectivity, anything :func:`spacon.pp.connectivity` accepts, or ``None``. A
         correlation matrix works as it is: its negative entries are dropped (never edges),
@@ -95,8 +102,16 @@ def spacon(
         Also save the trained model to this folder (:meth:`~spacon.tl.SpaconModel.save`,
         replacing a model saved there before), so that
         ``sp.tl.embed(other, model_dir)`` embeds other data with it.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
+    coordinate_system
+        With a SpatialData whose table lacks ``obsm[spatial_key]``: the centroids of the
+        elements the table annotates, in this coordinate system, are stored there first
+        (and stay there if a later step fails).
     copy
-        Work on and return a copy.
+        Work on and return a copy. With a SpatialData, the copy is of its table (an
+        AnnData) and the SpatialData is left unchanged: copying it would duplicate images
+        and other elements spacon never writes to.
 
     Returns
     -------
@@ -109,6 +124,7 @@ def spacon(
     >>> fc = adata.obsp.pop("functional_connectivity")
     >>> sp.tl.spacon(adata, fc, connectivity_kwargs={"threshold": 0.8, "top_k": 0.1}, n_clusters=4)
     """
+    adata = resolve_table(adata, table_key, coordinate_system, spatial_key, copy=copy)
     check_adata(adata, allow_view=copy)
     for name, options in (
         ("spatial_graph_kwargs", spatial_graph_kwargs),
@@ -166,13 +182,17 @@ _KWARGS_TARGETS = {
     "spatial_graph_kwargs": (
         "sp.pp.spatial_graph",
         inspect.signature(pp.spatial_graph).parameters,
-        {"spatial_key", "section_key", "copy"},
+        {"spatial_key", "section_key", "table_key", "coordinate_system", "copy"},
     ),
     "connectivity_kwargs": (
-        "sp.pp.connectivity", inspect.signature(pp.connectivity).parameters, {"copy"}
+        "sp.pp.connectivity",
+        inspect.signature(pp.connectivity).parameters,
+        {"table_key", "coordinate_system", "copy"},
     ),
     "train_kwargs": (
-        "sp.tl.train", inspect.signature(train).parameters, {"connectome_graph_key", "embed"}
+        "sp.tl.train",
+        inspect.signature(train).parameters,
+        {"connectome_graph_key", "embed", "table_key"},
     ),
 }
 
@@ -238,7 +258,7 @@ def _check_early(
             f"but `adata` has {adata.n_obs}."
         )
     options = dict(cluster_kwargs or {})
-    own = {"alpha", "n_clusters", "resolution", "random_state", "key_added", "copy"}
+    own = {"alpha", "n_clusters", "resolution", "random_state", "key_added", "table_key", "copy"}
     clash = sorted(own & set(options))
     if clash:
         raise TypeError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -12,12 +12,16 @@ from scanpy import logging as logg
 from scipy.optimize import linear_sum_assignment
 
 from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, is_real
 from ._aggregate import check_hops
 from ._cluster import _check_cluster_options
 from ._clusterers import partition, resolve_method
 from ._features import domain_features, expression_pcs, get_embeddings, mixing_weight
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 
 def match_labels(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -43,7 +47,7 @@ def sweep_key(key_added: str, alpha: float) -> str:
 
 
 def alpha_sweep(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     alphas: Sequence[float] = (0.0, 0.5, 1.0),
     alpha_scale: Literal["exponential", "linear"] = "exponential",
@@ -57,6 +61,7 @@ def alpha_sweep(
     n_neighbors: int = 40,
     random_state: int = 0,
     key_added: str = f"{DEFAULT_KEY}_sweep",
+    table_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Cluster at several ``alpha``, exactly as :func:`spacon.tl.cluster`, and match the domains.
@@ -70,7 +75,8 @@ def alpha_sweep(
     Parameters
     ----------
     adata
-        Annotated data with both embeddings (:func:`spacon.tl.train`).
+        Annotated data with both embeddings (:func:`spacon.tl.train`), or a
+        :class:`spatialdata.SpatialData` whose table ``table_key`` has them.
     alphas
         Values of ``alpha`` in [0, 1].
     alpha_scale, n_clusters, resolution, method, hops, n_pcs, embedding_key, spatial_graph_key, n_neighbors, random_state
@@ -78,8 +84,12 @@ def alpha_sweep(
         offered here (choose k once with :func:`spacon.tl.cluster`).
     key_added
         Prefix of the ``obs`` columns and ``uns`` key of the record.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
     copy
-        Return a modified copy instead of writing to ``adata``.
+        Return a modified copy instead of writing to ``adata``. With a SpatialData, the
+        copy is of its table (an AnnData) and the SpatialData is left unchanged: copying it
+        would duplicate images and other elements spacon never writes to.
 
     Returns
     -------
@@ -94,6 +104,7 @@ def alpha_sweep(
     >>> sp.tl.alpha_sweep(adata, alphas=[0, 0.25, 0.5, 1], n_clusters=10)
     >>> adata.obs["spacon_sweep_alpha0.25"].value_counts()
     """
+    adata = resolve_table(adata, table_key)
     check_adata(adata, allow_view=copy)
     if is_real(alphas):
         alphas = [alphas]

@@ -11,7 +11,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scanpy as sc
@@ -30,6 +30,7 @@ from .._core import (
     init_distributed,
     train_network,
 )
+from .._spatialdata import resolve_table
 from .._utils import check_adata, check_memory_budget, feature_warnings, memory_budget
 from .._validators import (
     check_bool,
@@ -41,6 +42,9 @@ from .._validators import (
 from ._embed import write_latent
 from ._inputs import ModelInputs, feature_source, model_inputs
 from ._model import SpaconModel, resolve_device
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 #: defaults that depend on the training mode (see :func:`train`)
 _EPOCHS = {"minibatch": 10, "full_batch": 60}
@@ -107,7 +111,7 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | None, n_features: int) -> l
 
 
 def train(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
     connectome_graph_key: str = Key.obsp.connectome_connectivities,
@@ -136,6 +140,7 @@ def train(
     progress: bool = True,
     embed: bool = True,
     key_added: str = Key.uns.train,
+    table_key: str | None = None,
 ) -> SpaconModel:
     """Train the dual graph-attention autoencoder on expression, spatial graph and connectome.
 
@@ -149,7 +154,9 @@ def train(
     Parameters
     ----------
     adata
-        Annotated data with both graphs in ``adata.obsp``.
+        Annotated data with both graphs in ``adata.obsp``, or a
+        :class:`spatialdata.SpatialData` whose table ``table_key`` has them (the outputs
+        then go to that table).
     spatial_graph_key, connectome_graph_key
         ``adata.obsp`` keys of the spatial graph (:func:`spacon.pp.spatial_graph`) and
         the connectome graph (:func:`spacon.pp.connectivity`). Self-loops are added.
@@ -241,6 +248,8 @@ def train(
         every rank embeds a share of the cells and gets all embeddings).
     key_added
         ``adata.uns`` key of the training record.
+    table_key
+        With a SpatialData: the table to use; default the only table, else ``"table"``.
 
     Returns
     -------
@@ -270,6 +279,7 @@ def train(
     >>> model = sp.tl.train(adata)                   # -> obsm["X_spacon_spatial"], ...
     >>> model.save("spacon_model")
     """
+    adata = resolve_table(adata, table_key)
     check_adata(adata)
     opts = _Options.check(
         adata,
