@@ -5,7 +5,7 @@ from importlib.metadata import version as _version
 project = "spacon"
 author = "spacon developers"
 copyright = "2026, spacon developers"
-release = _version("spacon")
+release = _version("spacon-sc")  # the distribution name; the module is `spacon`
 
 extensions = [
     "myst_nb",

@@ -70,3 +70,28 @@ def test_readme_python_blocks_run(demo_size, monkeypatch, tmp_path):
     assert adata is not None and sp.Key.obs.domains in adata.obs
     # the one-liner ran on the demo's signed functional connectivity, without a threshold
     assert "negative weights of `fc`" in log.getvalue()
+
+
+def test_distribution_name_is_not_the_published_spacon():
+    """PyPI's `spacon` is the published implementation: this one installs under another
+    name (the module stays `spacon`), and every install hint says that name."""
+    import importlib.metadata
+    import tomllib
+
+    root = README.parent
+    name = tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"]
+    assert name != "spacon"
+    assert sp.__version__ == importlib.metadata.version(name)  # what __init__ and --version read
+    for doc in (README, root / "docs" / "installation.md"):
+        text = " ".join(doc.read_text(encoding="utf-8").split())  # lines joined
+        assert f"pip install {name}" in text, doc.name
+        assert re.search(r"cannot (share an|live in one) environment", text), doc.name
+    # an install hint naming the other distribution would install the other package
+    wrong = re.compile(r"pip install ['\"]?spacon(?![-\w])")
+    allowed = "`pip install spacon` gets the published implementation"
+    offenders = []
+    for path in [README, *root.glob("docs/**/*.md"), *root.glob("src/spacon/**/*.py")]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if wrong.search(line) and allowed not in line and "installs that one" not in line:
+                offenders.append(f"{path.relative_to(root)}: {line.strip()}")
+    assert not offenders, f"say `pip install {name}...`, not `spacon`:\n" + "\n".join(offenders)

@@ -13,7 +13,7 @@ from . import datasets, io, pl, pp, tl
 from ._constants import Key
 
 try:
-    __version__ = version("spacon")
+    __version__ = version("spacon-sc")  # the distribution; the module is `spacon`
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

@@ -6,7 +6,7 @@ passes through untouched; a :class:`spatialdata.SpatialData` gives one of its ta
 element the table annotates when the table has none. The function then writes its results
 into that table, so ``sdata.write(path)`` stores them with the rest of the object.
 
-``spatialdata`` is optional (``pip install 'spacon[spatialdata]'``): it is recognised by the
+``spatialdata`` is optional (``pip install 'spacon-sc[spatialdata]'``): it is recognised by the
 class name, and only imported once a ``SpatialData`` is actually passed.
 """
 
@@ -22,7 +22,7 @@ from scanpy import logging as logg
 DEFAULT_TABLE = "table"
 #: The table's ``uns`` entry where spatialdata records the annotated elements.
 _ATTRS = "spatialdata_attrs"
-_INSTALL = "pip install 'spacon[spatialdata]'"
+_INSTALL = "pip install 'spacon-sc[spatialdata]'"
 
 
 def is_spatialdata(data: object) -> bool:

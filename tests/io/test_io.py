@@ -112,7 +112,7 @@ def test_errors(tmp_path):
 
 def test_missing_nibabel_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "nibabel", None)
-    with pytest.raises(ImportError, match=r"spacon\[surface\]"):
+    with pytest.raises(ImportError, match=r"pip install 'spacon-sc\[surface\]'"):
         sp.io.write_gifti_labels(_adata(), "spacon", tmp_path / "x.label.gii")
 
 

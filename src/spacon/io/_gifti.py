@@ -13,7 +13,7 @@ from scanpy import logging as logg
 
 from .._utils import check_adata
 
-_INSTALL = "pip install 'spacon[surface]'"
+_INSTALL = "pip install 'spacon-sc[surface]'"
 #: Key and name of the vertices without a domain (Connectome Workbench's convention).
 _UNASSIGNED = (0, "???")
 
