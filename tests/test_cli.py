@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import io
 import re
@@ -12,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
+from conftest import make_adata
 
 import spacon as sp
 from spacon import Key
@@ -239,3 +241,64 @@ def test_one_liner_saves_the_model_only_when_every_step_succeeded(tmp_path, monk
     sp.tl.spacon(adata, fc, n_clusters=3, train_kwargs=tiny, model_dir=tmp_path / "model")
     model = sp.tl.SpaconModel.load(tmp_path / "model")
     assert model.hidden_dims[-3:] == [16, 8, 4]
+
+
+def test_train_section_key_rebuilds_a_stored_graph_built_without_it(tmp_path):
+    adata, _ = make_adata(n=60)
+    adata.obs["section"] = "s1"  # one section: several would need an inter-section radius
+    sp.pp.spatial_graph(adata, n_neighbors=4)  # in the file, built without sections
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    out = tmp_path / "o"
+    argv = ["train", str(data), "--section-key", "section", "--epochs", "1", "--hidden-dims",
+            "8", "4", "2", "--device", "cpu", "--out", str(out), "--quiet"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"Rebuilding .*`--section-key 'section'` was given "
+                      r"and the graph was built without sections"):  # fmt: skip
+        assert main(argv) == 0
+    params = ad.read_h5ad(out / "cells_spacon.h5ad").uns[Key.neighbors(Key.obsm.spatial)]["params"]
+    assert params["section_key"] == "section"
+
+
+def test_train_reuses_a_stored_graph_built_with_the_same_sections(tmp_path, recwarn):
+    adata, _ = make_adata(n=60)
+    adata.obs["section"] = np.repeat(["s1", "s2"], 30)
+    sp.pp.spatial_graph(adata, n_neighbors=4, section_key="section", inter_section_radius=0)
+    graph = adata.obsp[Key.obsp.spatial_connectivities].copy()
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "o"
+    assert main(["train", str(tmp_path / "cells.h5ad"), "--section-key", "section", "--epochs",
+                 "1", "--hidden-dims", "8", "4", "2", "--device", "cpu", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    assert not [w for w in recwarn if "Rebuilding" in str(w.message)]
+    result = ad.read_h5ad(out / "cells_spacon.h5ad")
+    assert (result.obsp[Key.obsp.spatial_connectivities] != graph).nnz == 0
+
+
+def test_name_flags_spells_switches_as_flags():
+    run = _command_parser(build_parser(), "run")
+    text = _name_flags(
+        "`refine=True` needs 11 cells; pass `refine=False` and call `sp.tl.refine(adata)`, "
+        "or `refine=False` with refine=True.",
+        run,
+    )
+    assert text == (
+        "`--refine` needs 11 cells; leave out `--refine` and call `sp.tl.refine(adata)`, "
+        "or no `--refine` with --refine."
+    )
+    both = argparse.ArgumentParser()
+    both.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    assert _name_flags("pass `progress=False`, not progress=True", both) == (
+        "pass `--no-progress`, not --progress"
+    )
+
+
+def test_refine_error_names_the_switch(tmp_path, capsys):
+    adata, fc = make_adata(n=8)
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    np.save(tmp_path / "fc.npy", fc)
+    code = main(["run", str(tmp_path / "cells.h5ad"), "--connectivity", str(tmp_path / "fc.npy"),
+                 "--refine", "--n-clusters", "2", "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spacon: error: `--refine` lets the"), err
+    assert "leave out `--refine`" in err and "True" not in err and "False" not in err

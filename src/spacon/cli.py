@@ -10,6 +10,7 @@ import argparse
 import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
@@ -25,17 +26,47 @@ def _error_message(error: BaseException, parser: argparse.ArgumentParser | None 
 
 
 def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """Say ``--regions-key`` where a message of the Python API says ``regions_key=``."""
+    """Say ``--regions-key`` where a message of the Python API says ``regions_key=``.
+
+    A switch reads as itself: ``refine=True`` is ``--refine``; ``refine=False`` is "no
+    ``--refine``" ("pass ``refine=False``" is "leave out ``--refine``"), or ``--no-x`` for
+    an option defined with both forms.
+    """
     flags = dict(_FLAG_FOR)
     for action in parser._actions:
         for option in action.option_strings:
             if option.startswith("--"):
                 flags.setdefault(action.dest, option)
+    for action in parser._actions:
+        if action.dest in flags and _is_switch(action):
+            message = _name_switch(message, action.dest, flags[action.dest], action)
     for name, flag in flags.items():
         # `name=value` -> `--flag value`; `name` -> `--flag`; a bare name= -> --flag
         message = re.sub(rf"`{name}=([^`]*)`", rf"`{flag} \1`", message)
         message = re.sub(rf"`{name}`", f"`{flag}`", message)
         message = re.sub(rf"(?<![\w.\-]){name}=", f"{flag} ", message)
+    return message
+
+
+def _is_switch(action: argparse.Action) -> bool:
+    """Whether ``action`` is an option without a value (``--refine``, ``--x/--no-x``)."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return True
+    return action.nargs == 0 and isinstance(action.const, bool)  # store_true, store_false
+
+
+def _name_switch(message: str, name: str, flag: str, action: argparse.Action) -> str:
+    """Rewrite ``name=True`` / ``name=False`` of ``message`` as the switch ``flag``."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        negative = next(o for o in action.option_strings if o.startswith("--no-"))
+        spelled = {"True": (f"`{flag}`", flag), "False": (f"`{negative}`", negative)}
+    else:  # store_true (const True) or store_false (const False): one form only
+        given, omitted = str(action.const), str(not action.const)
+        spelled = {given: (f"`{flag}`", flag), omitted: (f"no `{flag}`", f"no {flag}")}
+        message = re.sub(rf"\bpass `{name}={omitted}`", f"leave out `{flag}`", message)
+    for value, (quoted, bare) in spelled.items():
+        message = re.sub(rf"`{name}={value}`", quoted, message)
+        message = re.sub(rf"(?<![\w.\-]){name}={value}\b", bare, message)
     return message
 
 
@@ -342,6 +373,7 @@ def _train(args: argparse.Namespace) -> int:
     from ._core._distributed import launch_env
     from ._io import atomic_write_h5ad
     from .tl._inputs import connectome_key_or_spatial
+    from .tl._spacon import _rebuild_reason
 
     found = launch_env()
     rank, world_size = (0, 1) if found is None else found[:2]
@@ -359,7 +391,19 @@ def _train(args: argparse.Namespace) -> int:
     except OSError as err:
         raise ValueError(f"Cannot read {str(args.data)!r} as an AnnData .h5ad file ({err}).") from None
 
-    if Key.obsp.spatial_connectivities not in adata.obsp:
+    # as sp.tl.spacon: a --section-key the stored graph was not built with rebuilds it
+    rebuild = _rebuild_reason(adata, None, args.section_key)
+    if rebuild is not None and rank == 0:  # every rank rebuilds; one says so
+        warnings.warn(
+            _name_flags(
+                f"Rebuilding the spatial graph stored in {str(args.data)!r} because "
+                f"{rebuild}. Leave out --section-key to reuse it.",
+                _command_parser(build_parser(), "train"),
+            ),
+            UserWarning,
+            stacklevel=2,
+        )
+    if rebuild is not None or Key.obsp.spatial_connectivities not in adata.obsp:
         pp.spatial_graph(adata, spatial_key=args.spatial_key, section_key=args.section_key)
     if args.connectivity is not None:
         options: dict = {"decay": args.decay, "spatial_key": args.spatial_key}
