@@ -208,8 +208,13 @@ def cluster(
         Where the kNN graph of Leiden and Louvain goes:
         ``obsp[f"{neighbors_key}_connectivities"]``, ``obsp[f"{neighbors_key}_distances"]``,
         ``uns[neighbors_key]``. Defaults to ``f"{key_added}_neighbors"`` so the user's
-        ``"neighbors"`` graph is kept. k-means and the mixture need no graph; for a UMAP
-        of the mix run ``sc.pp.neighbors(adata, use_rep=f"X_{key_added}")``.
+        ``"neighbors"`` graph is kept. scanpy reads it as its own: a UMAP of the mix is
+        ``sc.tl.umap(adata, neighbors_key=f"{key_added}_neighbors")``. k-means and the
+        mixture build no graph; for one, run
+        ``sc.pp.neighbors(adata, use_rep=f"X_{key_added}", transformer="sklearn")``
+        (an exact search: from 8,192 cells scanpy's default is pynndescent, whose
+        ``csr_array`` result scanpy 1.11 cannot read with scipy 1.17, "'csr_array' object
+        has no attribute 'getnnz'"; spacon's own graph is not affected).
     table_key
         With a SpatialData: the table to use; default the only table, else ``"table"``.
     copy
@@ -319,7 +324,8 @@ def cluster(
         adata.uns[neighbors_key] = {
             "connectivities_key": conn_key,
             "distances_key": dist_key,
-            "params": result.neighbor_params,
+            # built on a copy of the features: say where they are here (scanpy reads it)
+            "params": {**result.neighbor_params, "use_rep": features_key},
         }
     categories = [str(i) for i in range(n_found)]
     adata.obs[key_added] = pd.Categorical.from_codes(labels, categories=categories)
