@@ -61,7 +61,7 @@ def flatmap(
 ) -> AnnData:
     """Simulate a cortical flatmap with expression and wide-field functional connectivity.
 
-    A synthetic stand-in for the cortical-flatmap tutorial of SpaCon (3,372 spots x 1,122
+    A synthetic stand-in for the published SpaCon's cortical-flatmap tutorial (3,372 spots x 1,122
     genes, log-normalised, with a wide-field calcium functional connectivity, FC): two
     mirrored hemispheres, tiled by *molecular areas* that the expression shows, grouped
     into *connectivity networks* that only the FC shows. Clustering expression and space

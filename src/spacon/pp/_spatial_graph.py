@@ -118,8 +118,8 @@ def spatial_graph(
     >>> spacon.pp.spatial_graph(adata, n_neighbors=10)
     >>> adata.obsp["spatial_connectivities"]
 
-    A stack of coronal sections (``adata.obs["section"]``), linked across adjacent
-    sections within 1.0 unit, as in the whole-brain tutorial:
+    A stack of coronal sections (``adata.obs["section"]``) of a whole brain: radius graphs
+    within each section, linked across adjacent sections within 1.0 unit:
 
     >>> spacon.pp.spatial_graph(  # doctest: +SKIP
     ...     brain, method="radius", radius=0.7, section_key="section",

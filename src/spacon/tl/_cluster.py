@@ -154,7 +154,7 @@ def cluster(
         index on the shared cells) with each other and with those of its neighbours k - 1
         and k + 1 wins (after CellCharter's AutoK); the scores go to ``uns[key_added]["n_clusters_stability"]``.
         On the development sets it lands near the true k on some tissues and not on others
-        (``benchmarks/README.md``): look at the scores, and prefer a number you know.
+        (:doc:`/benchmarks`): look at the scores, and prefer a number you know.
     resolution
         Modularity resolution of Leiden and Louvain; higher gives more clusters.
     method
@@ -168,15 +168,15 @@ def cluster(
         (simulated flatmap, alpha=0: ARI 0.81 with Leiden, 0.92 with k-means, same
         embeddings), and the shared covariance follows the correlated, elongated domains
         that k-means splits (osmFISH cortex over 10 seeds: ARI 0.59 with k-means, 0.62
-        with the mixture; ``benchmarks/README.md``).
+        with the mixture; :doc:`/benchmarks`).
     hops
         Neighbourhood scales: for each ``h``, the mix averaged over ``h`` hops of the spatial
         graph (row-normalised, with self-loops), z-scored; the blocks are put side by side,
         each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself. Thin domains
         (cortical layers) are served by few hops, large nuclei by many; the default
-        ``(0, 8)`` was chosen over every development set of ``benchmarks/domains.py``
+        ``(0, 8)`` was chosen over every development set of the :doc:`/benchmarks`
         (mean of 5 seeds, hypothalamus ARI 0.28 -> 0.35 with the flatmap and osmFISH
-        unchanged; ``benchmarks/README.md``). ``(0,)`` or ``None`` clusters the mix alone,
+        unchanged). ``(0,)`` or ``None`` clusters the mix alone,
         as the published method does. Cost: ``max(hops)`` sparse products with the graph.
     n_pcs
         Principal components of the expression (``adata.X``, :func:`scanpy.pp.pca`) put
@@ -184,7 +184,7 @@ def cluster(
         spatial side of the mix keeps the expression the encoders compressed, and at
         ``alpha=1`` the block vanishes. Over the development sets (5 seeds) it raised
         every set: osmFISH 0.620 -> 0.632, hypothalamus 0.350 -> 0.380, flatmap alpha=0
-        0.923 -> 0.978, alpha=1 unchanged (``benchmarks/README.md``). ``None`` or ``0``
+        0.923 -> 0.978, alpha=1 unchanged (:doc:`/benchmarks`). ``None`` or ``0``
         leaves the expression out (also when ``adata`` holds no ``X``). Only the highly
         variable genes are used when ``adata.var["highly_variable"]`` marks some, as in
         :func:`scanpy.pp.pca`.

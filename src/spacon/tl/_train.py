@@ -167,7 +167,7 @@ def train(
         Widths ``[n_features, d1, d2, d3]`` (or ``[d1, d2, d3]``); default
         ``[n_features, 256, 128, 32]``, also for narrow inputs such as 33-gene panels (the
         published widths; on osmFISH's 33 genes they give the domains of
-        ``benchmarks/README.md``). Any number of layers works; widths you give above the
+        :doc:`/benchmarks`). Any number of layers works; widths you give above the
         number of features draw a warning.
     fusion
         How the two bottlenecks meet in the decoder: ``"concat"`` or ``"add"``
@@ -181,7 +181,7 @@ def train(
         of the published 10 minibatch epochs; much longer training fits finer detail and
         can blur domains). In minibatch mode 10 (as published) up to 10^5 cells, above
         that ``round(10^6 / n_obs)`` (at least 1): 4 epochs at 2.5 x 10^5 cells, 1 at 10^6,
-        so that the default run stays within the times of ``benchmarks/README.md``.
+        so that the default run stays within the times of the :doc:`/benchmarks`.
     full_batch
         ``True``: every step sees all cells; ``False``: minibatches of sampled subgraphs;
         ``"auto"``: full-batch when one step's activations fit in about 2 GB (roughly
@@ -198,7 +198,7 @@ def train(
         20,000 cells, ``(5, 5)`` above in minibatch mode, where the published protocol
         would take hours per epoch on a CPU (about 5 h at 2.5 x 10^5 cells); with
         ``batch_size=1024, num_neighbors=(5, 5)`` one epoch over 2.5 x 10^5 cells with
-        500 genes takes a few minutes on 2 cores (``benchmarks/scale.py``). The values
+        500 genes takes a few minutes on 2 cores (:doc:`/benchmarks`, "Scale"). The values
         used are logged and recorded in ``uns[key_added]["params"]``.
         In full-batch mode every step keeps a fresh sample of at most ``max(num_neighbors)``
         connectome neighbours per cell (``-1``: all), which keeps dense connectomes fast.
