@@ -1,33 +1,46 @@
-"""Whole-brain scale benchmark: the spacon pipeline on a synthetic brain of 10^4-10^6 cells.
+"""Whole-brain scale benchmark: the spacon pipeline on a synthetic brain of 10^4-10^6 cells,
+timed and scored against the brain's ground truth.
 
 Every size runs in a fresh subprocess (so its peak resident memory is its own): generate
-the brain (``_brain.synthetic_brain``: 129 coronal sections, ~300 nested regions, 500
-genes, ~20%-dense region connectome), then time ``pp.spatial_graph`` (radius graph per
-section + adjacent sections), ``pp.connectivity`` (region-level, top-k 100 per cell),
-``tl.train`` (one minibatch epoch, every cell a seed once), ``tl.embed``, ``tl.cluster``
-(``n_clusters`` given, its default method) + ``tl.refine``, and ``tl.cluster`` with
-``method="leiden"`` and ``n_clusters`` (the resolution search).
+the brain (``_brain.synthetic_brain``: 129 coronal sections, 12 divisions, ~40 areas, ~300
+regions, 8 connectivity networks, 500 genes, ~20%-dense region connectome; its module
+docstring states the signal and the noise of the truth), then time ``pp.spatial_graph``
+(radius graph per section + adjacent sections), ``pp.connectivity`` (region-level, top-k
+100 per cell), ``tl.train`` **with its defaults** (whatever ``sp.tl.train(adata)`` picks
+for the size; ``--batch-size``, ``--num-neighbors``, ``--epochs``, ``--n-steps`` and
+``--max-time`` override them), ``tl.embed``, ``tl.cluster`` (its default method) +
+``tl.refine`` at ``--alpha`` and ``tl.cluster(method="leiden")`` (the resolution search).
 
+Quality (stage ``quality``): the domains of both alphas with the true number of domains,
+``alpha=0`` against ``obs["area"]`` and ``alpha=1`` against ``obs["network"]`` (ARI and
+NMI, before and after ``tl.refine``), beside a naive baseline on the same data, the idea
+of ``run_naive`` in ``benchmarks/domains.py``: PCA-20 of ``X``, its 1-hop mean (self
+included, unweighted) over the graph the alpha is about (the spatial graph at alpha=0,
+the connectome at alpha=1), k-means with the true k (``sp.tl.cluster(method="kmeans")``).
+
+    python benchmarks/scale.py --n-cells 10000 --threads 1   # one size, single-threaded
     python benchmarks/scale.py                      # 2.5 x 10^5 cells (the default)
-    python benchmarks/scale.py --n-cells 1000000    # whole brain, 10^6 cells (~30 min)
-    python benchmarks/scale.py --n-cells 10000 100000
+    python benchmarks/scale.py --n-cells 1000000    # whole brain, 10^6 cells
+    python benchmarks/scale.py --n-cells 100000 --max-time 300   # a training time budget
     python benchmarks/scale.py --plot               # table + figure from saved results
     python benchmarks/scale.py --device cuda        # same benchmark on a GPU
 
-Training uses ``--batch-size 1024 --num-neighbors 5 5`` by default (see README: the cost of
-an epoch is ~ n_cells x nodes-per-seed x time-per-node). Long runs can be split into
-stages, each its own process (``--stages pp``, then ``train,embed``, ``cluster``,
-``leiden``), sharing files in ``--workdir``; the pipeline's peak memory is then the largest
-of the stages'. ``--train-batches K`` times only the first K batches of the epoch and
-extrapolates (later stages then use a model trained on 20,000 cells). Results are appended
-to ``benchmarks/out/scale/results.jsonl``; the table and a log-log plot of time vs cells
-per step (``benchmarks/out/scale/scale.png``) are made from all results there.
+Every size prints one summary line (training steps and time per step, peak RSS, the ARIs).
+Long runs can be split into stages, each its own process (``--stages pp``, then
+``train,embed``, ``cluster,quality``, ``leiden``), sharing files in ``--workdir``; the
+pipeline's peak memory is then the largest of the stages'. ``--train-batches K`` trains
+only K steps (``n_steps=K``) and extrapolates the default training from the time per
+step (later stages then use that K-step model, so its quality is not the defaults').
+Results are appended to ``benchmarks/out/scale/results.jsonl``; the table and a log-log
+plot of time vs cells per step (``benchmarks/out/scale/scale.png``) are made from all
+results there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -40,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "scale"
 STEPS = ("spatial_graph", "connectivity", "train", "embed", "cluster_refine", "cluster_leiden")
 STAGES = {"pp": ("spatial_graph", "connectivity"), "train": ("train",), "embed": ("embed",)}
-STAGES.update(cluster=("cluster_refine",), leiden=("cluster_leiden",))
+STAGES.update(cluster=("cluster_refine",), leiden=("cluster_leiden",), quality=())
 #: targets of the scale issue, in seconds and GB: {n_cells: {step: limit}}
 TARGETS = {
     250_000: {"spatial_graph": 15, "connectivity": 60, "train": 300, "embed": 120,
@@ -48,6 +61,9 @@ TARGETS = {
     1_000_000: {"spatial_graph": 60, "connectivity": 240, "train": 1200, "embed": 480,
                 "cluster_refine": 600, "cluster_leiden": 600, "peak_rss_gb": 16},
 }  # fmt: skip
+#: training options that the script passes only when given (else sp.tl.train's defaults)
+TRAIN_FLAGS = {"batch_size": "batch_size", "num_neighbors": "num_neighbors",
+               "epochs": "n_epochs", "n_steps": "n_steps", "max_time": "max_time"}  # fmt: skip
 
 
 def peak_rss_gb() -> float:
@@ -59,7 +75,7 @@ def peak_rss_gb() -> float:
 
 
 def run_child(opts: argparse.Namespace) -> dict:
-    """Run the asked stages for one size in this process; return timings and memory."""
+    """Run the asked stages for one size in this process; return timings, memory, quality."""
     import numpy as np
     import scanpy as sc
     import torch
@@ -67,15 +83,16 @@ def run_child(opts: argparse.Namespace) -> dict:
     import spacon as sp
 
     sys.path.insert(0, str(HERE))
-    from _brain import SPATIAL_GRAPH, synthetic_brain
+    from _brain import SPATIAL_GRAPH, TRUTH, synthetic_brain
 
     sc.settings.verbosity = 1
     sc.settings.n_jobs = opts.n_jobs
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     n = opts.n_cells
     work = Path(opts.workdir) / f"n{n}"
     stages = opts.stages.split(",")
     result: dict = {"n_cells": n, "steps": {}, "rss_after": {}, "threads": torch.get_num_threads()}
-
     result["cpu_s"] = {}
     result["load_before"] = {}
 
@@ -94,7 +111,8 @@ def run_child(opts: argparse.Namespace) -> dict:
 
     if "pp" in stages:
         start = time.perf_counter()
-        adata, fc = synthetic_brain(n, n_genes=opts.n_genes, random_state=opts.seed)
+        brain = {} if opts.network_share is None else {"network_share": opts.network_share}
+        adata, fc = synthetic_brain(n, n_genes=opts.n_genes, random_state=opts.seed, **brain)
         result["generate_s"] = time.perf_counter() - start
         print(f"  {'(generate)':<15} {result['generate_s']:8.1f} s", flush=True)
         timed("spatial_graph", lambda: sp.pp.spatial_graph(adata, n_jobs=opts.n_jobs,
@@ -105,34 +123,25 @@ def run_child(opts: argparse.Namespace) -> dict:
         result["connectome_edges"] = int(adata.obsp["connectome_connectivities"].nnz)
         result["x_nnz"] = int(adata.X.nnz)
         result["n_genes"] = int(adata.n_vars)
+        result["brain"] = _plain(adata.uns["synthetic_brain"])
         if set(stages) != set(STAGES):  # later stages run in other processes
             work.mkdir(parents=True, exist_ok=True)
             adata.write_h5ad(work / "brain.h5ad")
     else:
         adata = sc.read_h5ad(work / "brain.h5ad")
+    truth_k = {alpha: int(adata.obs[label].nunique()) for alpha, label in TRUTH.items()}
 
-    if "train" in stages and opts.train_batches:
-        model = timed("train", lambda: partial_epoch(adata, opts, result))
-        result["steps"]["train"] = result["train_extrapolated"]["epoch_s"]
-        if "embed" not in stages:
-            model.save(work / "model", overwrite=True)
-    elif "train" in stages:
-        model = timed(
-            "train",
-            lambda: sp.tl.train(
-                adata,
-                n_epochs=1,
-                batch_size=opts.batch_size,
-                num_neighbors=opts.num_neighbors,
-                full_batch=False,
-                device=opts.device,
-                progress=False,
-                embed=False,  # the embedding is timed on its own below
-            ),
-        )
-        result["train_loss"] = float(adata.uns[sp.Key.uns.train]["loss"][-1])
-        result["batch_size"] = opts.batch_size
-        result["num_neighbors"] = list(opts.num_neighbors)
+    if "train" in stages:
+        options = {TRAIN_FLAGS[k]: getattr(opts, k) for k in TRAIN_FLAGS
+                   if getattr(opts, k) is not None}  # fmt: skip
+        if opts.train_batches:
+            options["n_steps"] = opts.train_batches
+        model = timed("train", lambda: sp.tl.train(adata, device=opts.device, progress=False,
+                                                   embed=False, **options))  # fmt: skip
+        result["train"] = _training(adata.uns[sp.Key.uns.train], options)
+        if opts.train_batches:
+            result["train"]["extrapolated"] = _extrapolate_defaults(adata, result["train"])
+            result["steps"]["train"] = result["train"]["extrapolated"]["train_s"]
         if "embed" not in stages:
             model.save(work / "model", overwrite=True)
     elif "embed" in stages:
@@ -141,105 +150,137 @@ def run_child(opts: argparse.Namespace) -> dict:
     if "embed" in stages:
         timed("embed", lambda: sp.tl.embed(adata, model=model, device=opts.device,
                                             progress=False))  # fmt: skip
-        if "cluster" not in stages or "leiden" not in stages:
+        if not {"cluster", "leiden", "quality"} <= set(stages):
             np.savez(work / "embedding.npz", spatial=adata.obsm[sp.Key.obsm.spatial_embedding],
                      connectome=adata.obsm[sp.Key.obsm.connectome_embedding])  # fmt: skip
-    elif "cluster" in stages or "leiden" in stages:
+    elif {"cluster", "leiden", "quality"} & set(stages):
         saved = np.load(work / "embedding.npz")
         adata.obsm[sp.Key.obsm.spatial_embedding] = saved["spatial"]
         adata.obsm[sp.Key.obsm.connectome_embedding] = saved["connectome"]
 
+    k_alpha = opts.n_clusters or truth_k.get(opts.alpha) or truth_k[1.0]
     if "cluster" in stages:
-
-        def cluster_refine():
-            sp.tl.cluster(adata, alpha=opts.alpha, n_clusters=opts.n_clusters)
-            sp.tl.refine(adata, key=sp.Key.obs.domains, n_neighbors=25, section_key="section")
-
-        timed("cluster_refine", cluster_refine)
-        result["n_clusters"] = int(adata.uns[sp.Key.obs.domains]["params"]["n_clusters"])
-        result["cluster_method"] = str(adata.uns[sp.Key.obs.domains]["params"]["method"])
+        domains = sp.Key.obs.domains
+        timed("cluster_refine", lambda: _domains(sp, adata, opts.alpha, k_alpha, domains))
+        result["n_clusters"] = int(adata.uns[domains]["params"]["n_clusters"])
+        result["cluster_method"] = str(adata.uns[domains]["params"]["method"])
     if "leiden" in stages:
         timed("cluster_leiden", lambda: sp.tl.cluster(adata, alpha=opts.alpha, method="leiden",
-                                                      n_clusters=opts.n_clusters,
+                                                      n_clusters=k_alpha,
                                                       key_added="leiden"))  # fmt: skip
         result["n_clusters_leiden"] = int(adata.uns["leiden"]["params"]["n_clusters"])
-    result["peak_rss_gb"] = peak_rss_gb()
+    result["peak_rss_gb"] = peak_rss_gb()  # the pipeline's, before the quality checks
+    if "quality" in stages:
+        reuse = "cluster" in stages and opts.n_clusters in (None, truth_k.get(opts.alpha))
+        result["quality"] = quality(sp, adata, truth_k, opts, reuse_alpha=opts.alpha if reuse
+                                    else None)  # fmt: skip
+        result["peak_rss_with_quality_gb"] = peak_rss_gb()
     result["stages"] = stages
     return result
 
 
-def partial_epoch(adata, opts: argparse.Namespace, result: dict):
-    """Time ``opts.train_batches`` minibatches of an epoch and extrapolate to the epoch.
+def _domains(sp, adata, alpha: float, k: int, key: str) -> None:
+    """``tl.cluster`` (default method) with ``k`` domains, then ``tl.refine``."""
+    sp.tl.cluster(adata, alpha=alpha, n_clusters=k, key_added=key)
+    sp.tl.refine(adata, key=key, n_neighbors=25, section_key="section")
 
-    Runs spacon's own training loop (:func:`spacon._core.train_network`, stopped after
-    ``max_batches`` and timed through ``on_batch``) on the inputs :func:`spacon.tl.train`
-    reads (:func:`spacon.tl._inputs.model_inputs`), with the minibatch defaults of
-    ``sp.tl.train``; the epoch time is the set-up (input checks, graph conversion, first
-    sampler state) plus the mean batch time (sampling, feature gathering, one optimisation
-    step) times the number of batches, and replaces the measured time in the results. For
-    the later stages the returned model is trained (one epoch) on the first 20,000 cells.
-    """
-    import inspect
 
-    import numpy as np
-    import torch
+def _plain(value):
+    """JSON-ready copy of an ``uns`` entry (numpy scalars and arrays to Python)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
 
-    import spacon as sp
-    from spacon._core import SpaconNet, TrainConfig, train_network
-    from spacon.tl._inputs import feature_source, model_inputs
 
-    defaults = {k: v.default for k, v in inspect.signature(sp.tl.train).parameters.items()}
-    device = torch.device(opts.device)
-    timings = []
-    start = time.perf_counter()
-    inputs = model_inputs(
-        adata,
-        feature_source(None, None),
-        spatial_graph_key=sp.Key.obsp.spatial_connectivities,
-        connectome_graph_key=sp.Key.obsp.connectome_connectivities,
-        weighted_attention=False,
-    )
-    torch.manual_seed(0)
-    net = SpaconNet([adata.n_vars, 256, 128, 32], dropout=defaults["dropout"])
-    config = TrainConfig(
-        n_epochs=1, lr=1e-4, weight_decay=defaults["weight_decay"],
-        grad_clip=defaults["grad_clip"], full_batch=False, batch_size=opts.batch_size,
-        num_neighbors=opts.num_neighbors, weighted_sampling=False, use_weights=False,
-        early_stopping=False, patience=1, min_delta=0.0, device=device,
+def _training(record: dict, options: dict) -> dict:
+    """What the training did, from ``uns["spacon_train"]``."""
+    params = record["params"]
+    steps = int(record["n_steps_run"])
+    return {
+        "options": _plain(options),
+        "mode": "full-batch" if params["full_batch"] else "minibatch",
+        "batch_size": int(params["batch_size"]),
+        "num_neighbors": [int(k) for k in params["num_neighbors"]],
+        "n_epochs": int(params["n_epochs"]),
+        "n_epochs_run": int(record["n_epochs_run"]),
+        "n_steps_run": steps,
+        "train_time_s": float(record["train_time_s"]),
+        "s_per_step": float(record["train_time_s"]) / max(steps, 1),
+        "max_time_reached": bool(record["max_time_reached"]),
+        "final_loss": float(record["loss"][-1]),
+    }
+
+
+def _extrapolate_defaults(adata, train: dict) -> dict:
+    """Steps of the default training of this size, and its time at the measured s/step."""
+    from spacon.tl._train import size_defaults
+
+    mode = "full_batch" if train["mode"] == "full-batch" else "minibatch"
+    batch_size, _, n_epochs = size_defaults(
+        adata.n_obs, mode, batch_size=train["batch_size"],
+        num_neighbors=train["num_neighbors"], n_epochs=None,
     )  # fmt: skip
-    train_network(net, inputs.features, inputs.connectome, inputs.spatial, config,
-                  np.random.default_rng(0), progress=False, on_batch=timings.append,
-                  max_batches=opts.train_batches)  # fmt: skip
-    elapsed = time.perf_counter() - start
-    batches = sum(t.sample_s + t.step_s for t in timings)
-    per_batch = batches / len(timings)
-    nodes = sum(t.n_nodes for t in timings)
-    n_batches = timings[0].n_batches
-    setup = elapsed - batches
-    result["train_extrapolated"] = {
-        "batches_timed": len(timings), "batches_per_epoch": n_batches,
-        "setup_s": setup, "per_batch_s": per_batch,
-        "nodes_per_batch": nodes / len(timings),
-        "epoch_s": setup + per_batch * n_batches,
-    }  # fmt: skip
-    print(f"  (train: {len(timings)} of {n_batches} batches timed, "
-          f"{per_batch:.2f} s each, {nodes / len(timings):,.0f} nodes each; "
-          f"epoch ~ {result['train_extrapolated']['epoch_s']:.0f} s)", flush=True)  # fmt: skip
-    del inputs, net
-    subset = adata[: min(20_000, adata.n_obs)].copy()
-    return sp.tl.train(subset, n_epochs=1, batch_size=opts.batch_size,
-                       num_neighbors=opts.num_neighbors, full_batch=False,
-                       device=opts.device, progress=False, embed=False)  # fmt: skip
+    per_epoch = 1 if mode == "full_batch" else math.ceil(adata.n_obs / batch_size)
+    steps = per_epoch * n_epochs
+    return {"default_epochs": n_epochs, "default_steps": steps,
+            "train_s": steps * train["s_per_step"]}  # fmt: skip
+
+
+def quality(sp, adata, truth_k: dict, opts: argparse.Namespace, reuse_alpha) -> dict:
+    """ARI/NMI of spacon's domains and of the naive baseline vs the truth of both alphas."""
+    import numpy as np
+    import scanpy as sc
+    import scipy.sparse as sp_sparse
+
+    from domains import cluster_embedding, scores
+
+    from _brain import TRUTH
+
+    out: dict = {}
+    start = time.perf_counter()
+    pcs = sc.pp.pca(adata.X, n_comps=20, svd_solver="arpack", random_state=opts.seed)
+    pca_s = time.perf_counter() - start
+    graphs = {0.0: "spatial_connectivities", 1.0: "connectome_connectivities"}
+    for alpha, label in TRUTH.items():
+        truth, k = adata.obs[label].to_numpy(), truth_k[alpha]
+        key = f"domains_a{alpha:g}"
+        start = time.perf_counter()
+        if alpha == reuse_alpha:  # the timed cluster stage made these already
+            key = sp.Key.obs.domains
+        else:
+            _domains(sp, adata, alpha, k, key)
+        spacon_s = time.perf_counter() - start
+        start = time.perf_counter()
+        graph = adata.obsp[graphs[alpha]]
+        mean = (graph > 0).astype(np.float32) + sp_sparse.identity(adata.n_obs, format="csr",
+                                                                    dtype=np.float32)  # fmt: skip
+        mean = sp_sparse.diags(1.0 / np.asarray(mean.sum(axis=1)).ravel()) @ mean
+        naive = cluster_embedding(adata, mean @ pcs, k=k, seed=opts.seed, method="kmeans",
+                                  hops=(0,))  # fmt: skip
+        naive_s = time.perf_counter() - start + pca_s
+        out[f"alpha{alpha:g}"] = {
+            "truth": label, "k": k,
+            "spacon": scores(truth, adata.obs[key].to_numpy()),
+            "spacon_refined": scores(truth, adata.obs[sp.Key.refined(key)].to_numpy()),
+            "naive": scores(truth, naive),
+            "naive_graph": graphs[alpha], "spacon_s": spacon_s, "naive_s": naive_s,
+        }  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------- parent
 
 
 def load_results() -> list[dict]:
+    """The saved results of the current brain generator (older ones are of another brain)."""
+    version = _brain_version()
     path = OUT / "results.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in results if r.get("brain_version") == version]
 
 
 def merged(results: list[dict]) -> dict[int, dict]:
@@ -249,11 +290,11 @@ def merged(results: list[dict]) -> dict[int, dict]:
         row = table.setdefault(res["n_cells"], {"steps": {}, "peak_rss_gb": 0.0})
         row["steps"].update(res["steps"])
         row["peak_rss_gb"] = max(row["peak_rss_gb"], res["peak_rss_gb"])
-        for key in ("spatial_edges", "connectome_edges", "date", "device"):
+        for key in ("spatial_edges", "connectome_edges", "date", "device", "quality"):
             if key in res:
                 row[key] = res[key]
         if "train" in res["steps"]:
-            row["train_extrapolated"] = res.get("train_extrapolated")
+            row["train"] = res.get("train")
     return dict(sorted(table.items()))
 
 
@@ -261,6 +302,40 @@ def fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def fmt_training(train: dict | None) -> str:
+    """``minibatch 1024 x [5, 5], 980 steps, 0.81 s/step`` (or ``-``)."""
+    if not train:
+        return "-"
+    how = train["mode"]
+    if how == "minibatch":
+        how += f" {train['batch_size']} x {train['num_neighbors']}"
+    text = f"{how}, {train['n_steps_run']} steps, {train['s_per_step']:.3g} s/step"
+    if train.get("max_time_reached"):
+        text += " (max_time)"
+    ext = train.get("extrapolated")
+    if ext:
+        text += f"; defaults: {ext['default_steps']} steps"
+    return text
+
+
+def fmt_quality(quality: dict | None, alpha: str, which: str) -> str:
+    if not quality or alpha not in quality:
+        return "-"
+    q = quality[alpha][which]
+    return f"{q['ari']:.3f} / {q['nmi']:.3f}"
+
+
+def summary(result: dict) -> str:
+    """One line per size: training, time per step, peak RSS and the ARIs."""
+    line = f"{result['n_cells']:,} cells: train {fmt_training(result.get('train'))}"
+    line += f" | peak RSS {result['peak_rss_gb']:.2f} GB"
+    for alpha, q in (result.get("quality") or {}).items():
+        line += (f" | {alpha} vs {q['truth']} (k={q['k']}) ARI spacon "
+                 f"{q['spacon']['ari']:.3f} (refined {q['spacon_refined']['ari']:.3f}), "
+                 f"naive {q['naive']['ari']:.3f}")  # fmt: skip
+    return line
 
 
 def print_table(table: dict[int, dict]) -> str:
@@ -275,7 +350,7 @@ def print_table(table: dict[int, dict]) -> str:
             text = "-" if value is None else (
                 f"{value:.2f} GB" if step == "peak_rss_gb" else fmt_time(value)
             )
-            if step == "train" and row.get("train_extrapolated"):
+            if step == "train" and (row.get("train") or {}).get("extrapolated"):
                 text += " *"
             limit = TARGETS.get(n, {}).get(step)
             if value is not None and limit is not None:
@@ -284,18 +359,24 @@ def print_table(table: dict[int, dict]) -> str:
             cells.append(text)
         name = "peak RSS" if step == "peak_rss_gb" else step
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| training | " + " | ".join(fmt_training(table[n].get("train")) for n in sizes)
+                 + " |")  # fmt: skip
+    for alpha, label in (("alpha0", "area"), ("alpha1", "network")):
+        for which, name in (("spacon", "spacon"), ("spacon_refined", "spacon + refine"),
+                            ("naive", "naive")):  # fmt: skip
+            cells = [fmt_quality(table[n].get("quality"), alpha, which) for n in sizes]
+            lines.append(f"| ARI / NMI {alpha} vs {label}, {name} | " + " | ".join(cells) + " |")
     edges = [
         f"{n:,}: {row.get('spatial_edges', 0):,} spatial / {row.get('connectome_edges', 0):,} "
         "connectome stored edges"
         for n, row in table.items()
     ]
     for n, row in table.items():
-        ext = row.get("train_extrapolated")
+        ext = (row.get("train") or {}).get("extrapolated")
         if ext:
             edges.append(
-                f"* {n:,}: train extrapolated from {ext['batches_timed']} of "
-                f"{ext['batches_per_epoch']} batches ({ext['per_batch_s']:.2f} s per batch of "
-                f"{ext['nodes_per_batch']:,.0f} nodes, set-up {ext['setup_s']:.0f} s)"
+                f"* {n:,}: train extrapolated from {row['train']['n_steps_run']} steps to the "
+                f"{ext['default_steps']} of the defaults ({row['train']['s_per_step']:.3g} s/step)"
             )
     text = "\n".join(lines) + "\n\n" + "\n".join(edges)
     print(text)
@@ -334,24 +415,44 @@ def plot(table: dict[int, dict], path: Path) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n-cells", type=int, nargs="+", default=[250_000])
-    p.add_argument("--stages", default="pp,train,embed,cluster,leiden",
-                   help="comma-separated subset of pp,train,embed,cluster,leiden")  # fmt: skip
+    p.add_argument("--stages", default="pp,train,embed,cluster,leiden,quality",
+                   help="comma-separated subset of pp,train,embed,cluster,leiden,quality")  # fmt: skip
     p.add_argument("--workdir", default=str(OUT / "work"))
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     p.add_argument("--n-genes", type=int, default=500)
     p.add_argument("--top-k", type=int, default=100, help="connectome edges per cell")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--num-neighbors", type=int, nargs="+", default=[5, 5])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--n-clusters", type=int, default=60)
-    p.add_argument("--n-jobs", type=int, default=2, help="threads for kNN searches")
-    p.add_argument("--train-batches", type=int, default=0,
-                   help="time only this many batches and extrapolate to the epoch")  # fmt: skip
+    p.add_argument("--network-share", type=float, default=None,
+                   help="synthetic_brain's network_share (the connectome's signal)")  # fmt: skip
+    train = p.add_argument_group("training (default: sp.tl.train's defaults for the size)")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--num-neighbors", type=int, nargs="+", default=None)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--n-steps", type=int, default=None, help="n_steps of sp.tl.train")
+    train.add_argument("--max-time", type=float, default=None,
+                       help="max_time of sp.tl.train: training time budget in seconds")  # fmt: skip
+    train.add_argument("--train-batches", type=int, default=0,
+                       help="train only this many steps and extrapolate the defaults' time")  # fmt: skip
+    p.add_argument("--alpha", type=float, default=1.0, help="alpha of the timed clusterings")
+    p.add_argument("--n-clusters", type=int, default=None,
+                   help="domains of the timed clusterings (default: the truth's of --alpha)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch/BLAS threads of the child (and --n-jobs unless given)")  # fmt: skip
+    p.add_argument("--n-jobs", type=int, default=None, help="threads for kNN searches (2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action="store_true", help="only redraw the table and plot")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.n_jobs is None:
+        opts.n_jobs = opts.threads or 2
+    return opts
+
+
+def _brain_version() -> int:
+    sys.path.insert(0, str(HERE))
+    from _brain import VERSION
+
+    return VERSION
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,24 +464,38 @@ def main(argv: list[str] | None = None) -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     if not opts.plot:
+        env = os.environ.copy()
+        if opts.threads:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                         "NUMBA_NUM_THREADS"):  # fmt: skip
+                env[name] = str(opts.threads)
+        lines = []
         for n in opts.n_cells:
             print(f"{n:,} cells, stages {opts.stages}", flush=True)
             result_file = OUT / f".result_{n}.json"
             cmd = [sys.executable, __file__, "--child", "--result", str(result_file),
                    "--n-cells", str(n)]  # fmt: skip
-            for name in ("stages", "workdir", "device", "n_genes", "top_k", "batch_size",
-                         "alpha", "n_clusters", "n_jobs", "seed", "train_batches"):  # fmt: skip
-                cmd += [f"--{name.replace('_', '-')}", str(getattr(opts, name))]
-            cmd += ["--num-neighbors", *map(str, opts.num_neighbors)]
+            for name in ("stages", "workdir", "device", "n_genes", "top_k", "alpha", "n_jobs",
+                         "seed", "train_batches", "threads", "n_clusters", "network_share",
+                         *TRAIN_FLAGS):  # fmt: skip
+                value = getattr(opts, name)
+                if value is None:
+                    continue
+                cmd += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list)
+                                                            else [value])]  # fmt: skip
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, env=os.environ.copy())
+            subprocess.run(cmd, check=True, env=env)
             result = json.loads(result_file.read_text())
             result_file.unlink()
             result["wall_s"] = time.perf_counter() - start
             result["date"] = date.today().isoformat()
             result["device"] = opts.device
+            result["brain_version"] = _brain_version()
             with open(OUT / "results.jsonl", "a") as fh:
                 fh.write(json.dumps(result) + "\n")
+            lines.append(summary(result))
+            print(lines[-1], flush=True)
+        print("\n".join(["", *lines]))
     table = merged(load_results())
     print_table(table)
     plot(table, OUT / "scale.png")

@@ -122,6 +122,13 @@ _TOP_K_HELP = (
     "cells (0.1); as `top_k` of spacon.pp.connectivity"
 )
 _THRESHOLD_HELP = "keep weights above this (default: every positive weight; negatives are dropped)"
+_N_STEPS_HELP = "total optimisation steps of training; overrides --epochs (sp.tl.train's n_steps)"
+_MAX_TIME_HELP = "training time budget in seconds: stop after the step that exceeds it"
+
+
+def _add_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-steps", type=int, default=None, help=_N_STEPS_HELP)
+    parser.add_argument("--max-time", type=float, default=None, help=_MAX_TIME_HELP)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +145,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: sp.tl.train's)"
     )
+    _add_budget(parser)
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
@@ -214,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
     train.add_argument("--out", required=True, type=Path, help="output directory")
     train.add_argument("--epochs", type=int, default=None, help="training epochs")
+    _add_budget(train)
     train.add_argument("--batch-size", type=int, default=None, help="seed cells per minibatch")
     train.add_argument("--lr", type=float, default=None, help="learning rate")
     train.add_argument(
@@ -240,6 +249,9 @@ def _cluster_options(args: argparse.Namespace) -> dict:
     train_kwargs = {"device": args.device}
     if args.epochs is not None:
         train_kwargs["n_epochs"] = args.epochs
+    for name in ("n_steps", "max_time"):
+        if getattr(args, name) is not None:
+            train_kwargs[name] = getattr(args, name)
     options["train_kwargs"] = train_kwargs
     return options
 
@@ -425,6 +437,8 @@ def _train(args: argparse.Namespace) -> int:
     }
     optional = {
         "n_epochs": args.epochs,
+        "n_steps": args.n_steps,
+        "max_time": args.max_time,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "hidden_dims": args.hidden_dims,

@@ -228,6 +228,12 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (one small broadcast; every rank must call it)."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._comm_device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
     def sum_floats(self, *values: float) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t)

@@ -57,12 +57,22 @@ class TrainConfig:
     patience: int
     min_delta: float
     device: torch.device
+    #: budget: total optimisation steps (overrides ``n_epochs``) and seconds of the loop
+    n_steps: int | None = None
+    max_time: float | None = None
 
 
 @dataclass
 class TrainResult:
+    #: mean loss of every epoch begun (the last one may be partial: ``n_steps``/``max_time``)
     loss: np.ndarray
     stopped_early: bool
+    #: optimisation steps and seconds of the training loop, earlier runs of a resumed one
+    #: included; whether ``max_time`` ended it; steps of a whole epoch
+    n_steps: int = 0
+    elapsed_s: float = 0.0
+    out_of_time: bool = False
+    steps_per_epoch: int = 1
 
 
 @dataclass
@@ -135,6 +145,11 @@ def train_network(
     ``on_batch`` (minibatch mode) is called after every step with its :class:`BatchTiming`;
     ``max_batches`` ends every epoch after that many batches. Together they let a benchmark
     time part of an epoch of the real loop (``benchmarks/scale.py``).
+
+    Budget (:class:`_Budget`): with ``config.n_steps`` training ends after that many
+    optimisation steps, whatever ``n_epochs`` (an epoch can be cut after any step); with
+    ``config.max_time`` after the step during which the loop's time passed that many
+    seconds. A resumed run counts the steps and seconds of the runs before it.
     """
     device = config.device
     net.to(device)
@@ -184,8 +199,16 @@ class _FullBatch:
             None if self.resample else _graph_tensors(add_self_loops(connectome), device, weights)
         )
 
+    #: one optimisation step per epoch
+    steps_per_epoch = 1
+
     def __call__(
-        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, progress: bool
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        progress: bool,
+        budget: _Budget,
     ) -> float:
         cfg = self.config
         connectome = self.fixed
@@ -194,7 +217,9 @@ class _FullBatch:
                 self.connectome, self.all_nodes, self.k, self.rng, weighted=cfg.weighted_sampling
             )
             connectome = _graph_tensors(add_self_loops(drawn), cfg.device, cfg.use_weights)
-        return _step(module, optimizer, self.x, connectome, self.spatial, cfg.grad_clip)
+        loss = _step(module, optimizer, self.x, connectome, self.spatial, cfg.grad_clip)
+        budget.step_done()
+        return loss
 
 
 class _Minibatches:
@@ -222,6 +247,13 @@ class _Minibatches:
             rng,
             weighted=config.weighted_sampling,
         )
+        per_epoch = len(self.sampler)
+        if dist is not None:  # every rank steps through as many batches (see epoch_batches)
+            per_epoch = max(1, -(-(self.sampler.n_nodes // dist.world_size) // config.batch_size))
+        if max_batches is not None:
+            per_epoch = min(per_epoch, max_batches)
+        #: optimisation steps of a whole epoch (a lone isolated seed's batch is skipped)
+        self.steps_per_epoch = per_epoch
 
     def _batches(self, epoch: int) -> tuple[Iterator, int]:
         if self.dist is None:
@@ -230,8 +262,14 @@ class _Minibatches:
         return (self.sampler.sample(s) for s in seeds), len(seeds)
 
     def __call__(
-        self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, progress: bool
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        progress: bool,
+        budget: _Budget,
     ) -> float:
+        """One epoch, or its first steps when the budget runs out during it."""
         cfg, dist = self.config, self.dist
         source, n_batches = self._batches(epoch)
         shown = n_batches if self.max_batches is None else min(n_batches, self.max_batches)
@@ -273,6 +311,8 @@ class _Minibatches:
                         loss=batch_loss,
                     )
                 )
+            if budget.step_done():  # the same step on every rank (see _Budget)
+                break
         bar.close()
         if dist is not None:
             total, count = dist.sum_floats(total, count)
@@ -288,26 +328,33 @@ def _epochs(
     on_epoch: Callable[[int, float], None] | None,
 ) -> TrainResult:
     """The epochs of :func:`train_network` (``module``: the network or its DDP wrapper):
-    loss history, divergence check, early stopping and checkpoints, whatever the mode."""
+    loss history, divergence check, early stopping, the budget and checkpoints, whatever
+    the mode. With ``config.n_steps`` epochs run until that many steps are done."""
     history = run.history
     best, stale, stopped = run.best, run.stale, run.stopped
-    epochs = range(config.n_epochs if stopped else run.epoch, config.n_epochs)
+    per_epoch = run_epoch.steps_per_epoch
+    if run.steps is None:  # a checkpoint without a step count: whole epochs before
+        run.steps = run.epoch * per_epoch
+    budget = _Budget(config, run.dist, steps=run.steps, elapsed=run.elapsed)
+    planned = config.n_epochs if config.n_steps is None else -(-config.n_steps // per_epoch)
     bar = tqdm(
-        epochs,
+        total=max(planned, run.epoch),
         initial=run.epoch,
-        total=config.n_epochs,
         desc="training",
         unit="epoch",
         disable=not progress,
     )
-    for epoch in bar:
-        loss = run_epoch(module, run.optimizer, epoch, progress)
+    epoch = run.epoch
+    while not (stopped or budget.spent or (config.n_steps is None and epoch >= config.n_epochs)):
+        steps_before = budget.steps
+        loss = run_epoch(module, run.optimizer, epoch, progress, budget)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"training diverged at epoch {epoch + 1} (loss {loss}); "
                 "lower `lr` or scale the features"
             )
         history.append(loss)
+        bar.update()
         bar.set_postfix(loss=f"{loss:.4g}")
         if on_epoch is not None:
             on_epoch(epoch, loss)
@@ -317,15 +364,63 @@ def _epochs(
             else:
                 stale += 1
                 stopped = stale >= config.patience
-        if run.checkpoint is not None and run.checkpoint.due(
-            epoch + 1, last=stopped or epoch + 1 == config.n_epochs
-        ):
-            run.epoch, run.best, run.stale, run.stopped = epoch + 1, best, stale, stopped
+        epoch += 1
+        # an epoch without a step (every batch a lone isolated seed) would never end n_steps
+        idle = config.n_steps is not None and budget.steps == steps_before
+        last = stopped or budget.spent or idle or (
+            config.n_steps is None and epoch == config.n_epochs
+        )
+        if run.checkpoint is not None and run.checkpoint.due(epoch, last=last):
+            run.epoch, run.best, run.stale, run.stopped = epoch, best, stale, stopped
+            run.steps, run.elapsed = budget.steps, budget.elapsed()
             run.save()
-        if stopped:
+        if idle:
             break
     bar.close()
-    return TrainResult(loss=np.asarray(history, dtype=np.float64), stopped_early=stopped)
+    return TrainResult(
+        loss=np.asarray(history, dtype=np.float64),
+        stopped_early=stopped,
+        n_steps=budget.steps,
+        elapsed_s=budget.elapsed(),
+        out_of_time=budget.out_of_time,
+        steps_per_epoch=per_epoch,
+    )
+
+
+class _Budget:
+    """Steps done and time spent by the training loop; says when ``n_steps``/``max_time``
+    (of ``config``) are used up.
+
+    Time runs from the creation (the start of the loop) plus ``elapsed`` seconds of the
+    runs before (a resumed run). It is read after every step only, so a fresh run always
+    makes at least one step and stops after the step during which ``max_time`` passed; a
+    resumed run whose time was already used up makes none. With ``dist`` rank 0's clock
+    decides and the decision is broadcast after every step (every rank makes the same
+    steps, so every rank takes part and all stop after the same step); ``n_steps`` needs
+    no communication.
+    """
+
+    def __init__(
+        self, config: TrainConfig, dist: DistContext | None, *, steps: int, elapsed: float
+    ) -> None:
+        self.n_steps, self.max_time, self.dist = config.n_steps, config.max_time, dist
+        self.steps = int(steps)
+        self._origin = time.perf_counter() - float(elapsed)
+        self.out_of_time = self.max_time is not None and elapsed >= self.max_time
+        self.spent = self.out_of_time or (self.n_steps is not None and self.steps >= self.n_steps)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (earlier runs of a resumed one included)."""
+        return time.perf_counter() - self._origin
+
+    def step_done(self) -> bool:
+        """Count one optimisation step; return whether the budget is now used up."""
+        self.steps += 1
+        if self.max_time is not None and not self.out_of_time:
+            over = self.elapsed() >= self.max_time
+            self.out_of_time = over if self.dist is None else self.dist.broadcast_flag(over)
+        self.spent = self.out_of_time or (self.n_steps is not None and self.steps >= self.n_steps)
+        return self.spent
 
 
 @dataclass
@@ -342,6 +437,9 @@ class _Run:
     best: float = np.inf
     stale: int = 0
     stopped: bool = False
+    #: optimisation steps and seconds of training done (``None``: not known yet)
+    steps: int | None = 0
+    elapsed: float = 0.0
 
     def _rng_state(self) -> dict:
         device = next(self.net.parameters()).device
@@ -367,6 +465,8 @@ class _Run:
                 "best": float(self.best),
                 "stale": int(self.stale),
                 "stopped": bool(self.stopped),
+                "steps": int(self.steps or 0),
+                "elapsed": float(self.elapsed),
                 "rng": states,
             }
         )
@@ -384,6 +484,9 @@ class _Run:
         self.history[:] = [float(v) for v in state["history"]]
         self.best, self.stale = float(state["best"]), int(state["stale"])
         self.stopped = bool(state["stopped"])
+        # checkpoints written before the budget options hold no step count or time
+        self.steps = int(state["steps"]) if "steps" in state else None
+        self.elapsed = float(state.get("elapsed", 0.0))
 
 
 # --------------------------------------------------------------------------- inference

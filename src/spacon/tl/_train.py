@@ -121,6 +121,8 @@ def train(
     fusion: Literal["concat", "add"] = "concat",
     use_weights: bool = False,
     n_epochs: int | None = None,
+    n_steps: int | None = None,
+    max_time: float | None = None,
     full_batch: bool | Literal["auto"] = "auto",
     batch_size: int | Literal["auto"] = "auto",
     num_neighbors: Sequence[int] | Literal["auto"] = "auto",
@@ -182,6 +184,21 @@ def train(
         can blur domains). In minibatch mode 10 (as published) up to 10^5 cells, above
         that ``round(10^6 / n_obs)`` (at least 1): 4 epochs at 2.5 x 10^5 cells, 1 at 10^6,
         so that the default run stays within the times of the :doc:`/benchmarks`.
+    n_steps
+        Total number of optimisation steps; overrides ``n_epochs``. A full-batch epoch is
+        one step; a minibatch epoch is ``ceil(n_obs / batch_size)`` steps (per process
+        with ``distributed=True``: ``ceil((n_obs // n_processes) / batch_size)``) and the
+        last epoch is cut after the ``n_steps``-th step, so the recorded loss of that epoch
+        is the mean over its steps done. ``None``: whole epochs (``n_epochs``).
+    max_time
+        Time budget in seconds for the training loop (not the input checks before it nor
+        the embedding after it): training stops after the step during which it is
+        exceeded, so at least one step is always made, and logs after how many steps and
+        epochs it stopped. Combined with ``n_epochs``/``n_steps`` and early stopping,
+        whichever ends first wins. With ``distributed=True`` rank 0's clock decides and
+        every rank stops after the same step. ``None``: no time limit. A run stopped by
+        the budget is not reproducible step for step (it depends on the machine's speed);
+        ``n_steps`` is.
     full_batch
         ``True``: every step sees all cells; ``False``: minibatches of sampled subgraphs;
         ``"auto"``: full-batch when one step's activations fit in about 2 GB (roughly
@@ -223,9 +240,12 @@ def train(
         Folder for a training checkpoint, written atomically every ``checkpoint_every``
         epochs and after the last one: weights, optimizer state, epoch, loss history and
         all random generator states. When the folder already holds the checkpoint of the
-        same run (same options except ``n_epochs``/``device``, same seed, same data
-        shapes), training **resumes** from it, and a CPU run then ends with exactly the
-        weights of an uninterrupted run; a larger ``n_epochs`` continues a finished run.
+        same run (same options except ``n_epochs``/``n_steps``/``max_time``/``device``,
+        same seed, same data shapes), training **resumes** from it, and a CPU run then ends
+        with exactly the weights of an uninterrupted run; a larger ``n_epochs`` continues a
+        finished run. The steps and seconds of the runs before count towards ``n_steps``
+        and ``max_time`` (a larger budget continues a run that used its budget up); a run
+        cut within an epoch by the budget resumes at the start of the next epoch.
         A checkpoint of a different run is an error (use a fresh folder). With
         ``distributed=True`` rank 0 writes it (with every rank's generator states) and every
         rank reads it: use a folder all processes see, and the same number of processes.
@@ -254,8 +274,12 @@ def train(
     Returns
     -------
     The trained :class:`~spacon.tl.SpaconModel`. Also sets ``adata.uns[key_added]``:
-    ``params``, ``loss`` (per epoch), ``n_epochs_run``, ``stopped_early``; and, with
-    ``embed=True``, the outputs of :func:`spacon.tl.embed`.
+    ``params`` (``n_steps`` 0 and ``max_time`` 0.0 there mean none; ``n_epochs`` is the
+    number of epochs ``n_steps`` begins when given), ``loss`` (per epoch begun),
+    ``n_epochs_run``, ``stopped_early`` (early stopping), ``n_steps_run`` (optimisation
+    steps), ``train_time_s`` (seconds of the training loop), ``max_time_reached``; and,
+    with ``embed=True``, the outputs of :func:`spacon.tl.embed`. A resumed run counts
+    the steps and seconds of the runs before it.
 
     Notes
     -----
@@ -287,6 +311,8 @@ def train(
         full_batch=full_batch,
         batch_size=batch_size,
         n_epochs=n_epochs,
+        n_steps=n_steps,
+        max_time=max_time,
         num_neighbors=num_neighbors,
         lr=lr,
         weight_decay=weight_decay,
@@ -319,6 +345,11 @@ def train(
         num_neighbors=opts.num_neighbors,
         n_epochs=opts.n_epochs,
     )
+    if opts.n_steps is not None:
+        world_size = 1 if ctx is None else ctx.world_size
+        n_epochs = _epochs_of_steps(opts.n_steps, adata.n_obs, mode, batch_size, world_size)
+        if opts.n_epochs is not None:
+            logg.warning(f"`n_steps={opts.n_steps}` overrides `n_epochs={opts.n_epochs}`.")
     params = {
         "spatial_graph_key": spatial_graph_key,
         "connectome_graph_key": connectome_graph_key,
@@ -327,6 +358,8 @@ def train(
         "fusion": fusion,
         "use_weights": bool(use_weights),
         "n_epochs": n_epochs,
+        "n_steps": 0 if opts.n_steps is None else opts.n_steps,
+        "max_time": 0.0 if opts.max_time is None else opts.max_time,
         "full_batch": mode == "full_batch",
         "batch_size": batch_size,
         "num_neighbors": num_neighbors,
@@ -349,8 +382,11 @@ def train(
         if mode == "minibatch"
         else ""
     )
+    budget = "" if opts.n_steps is None else f" = {opts.n_steps} steps"
+    if opts.max_time is not None:
+        budget += f", at most {opts.max_time:g} s"
     start = logg.info(
-        f"training spacon ({mode.replace('_', '-')}, {params['n_epochs']} epochs{batches}, "
+        f"training spacon ({mode.replace('_', '-')}, {params['n_epochs']} epochs{budget}{batches}, "
         f"hidden_dims={dims}, {inputs.connectome.nnz} connectome and {inputs.spatial.nnz} "
         f"spatial edges, device {dev})"
     )
@@ -371,6 +407,13 @@ def train(
             "loss": result.loss.tolist(),
         },
     )
+    if result.out_of_time:
+        epochs = result.n_steps / result.steps_per_epoch
+        logg.info(
+            f"    stopped early: the time budget max_time={opts.max_time:g} s was used up after "
+            f"{result.n_steps} step{'' if result.n_steps == 1 else 's'} ({epochs:.3g} "
+            f"epoch{'' if epochs == 1 else 's'}, {result.elapsed_s:.3g} s)"
+        )
     logg.info(f"    finished (final loss {result.loss[-1]:.4g})", time=start)
     latent = None
     if opts.embed:
@@ -380,6 +423,9 @@ def train(
         "loss": result.loss,
         "n_epochs_run": len(result.loss),
         "stopped_early": result.stopped_early,
+        "n_steps_run": int(result.n_steps),
+        "train_time_s": float(result.elapsed_s),
+        "max_time_reached": bool(result.out_of_time),
     }
     logg.hint(f"added\n    'uns[{key_added!r}]', training record (params, loss)")
     if latent is not None:
@@ -397,6 +443,8 @@ class _Options:
     full_batch: bool | Literal["auto"]
     batch_size: int | Literal["auto"]
     n_epochs: int | None
+    n_steps: int | None
+    max_time: float | None
     num_neighbors: list[int] | Literal["auto"]
     lr: float | None
     weight_decay: float
@@ -468,6 +516,11 @@ class _Options:
                 else check_positive_int("batch_size", kw["batch_size"])
             ),
             n_epochs=None if n_epochs is None else check_positive_int("n_epochs", n_epochs),
+            n_steps=None if kw["n_steps"] is None else check_positive_int("n_steps", kw["n_steps"]),
+            max_time=(
+                None if kw["max_time"] is None
+                else check_number("max_time", kw["max_time"], low=0.0, strict=True)
+            ),
             num_neighbors=(
                 "auto" if num_neighbors == "auto" else [int(k) for k in num_neighbors]
             ),
@@ -532,7 +585,8 @@ def _checkpointer(
     """The run's checkpoint; one of another run fails here, before training."""
     if checkpoint_dir is None:
         return None
-    fingerprint = {k: v for k, v in params.items() if k not in ("n_epochs", "device")}
+    budgets = ("n_epochs", "n_steps", "max_time", "device")  # may change between runs
+    fingerprint = {k: v for k, v in params.items() if k not in budgets}
     con, spa = inputs.connectome, inputs.spatial
     fingerprint.update(
         n_obs=int(inputs.n_obs),
@@ -549,6 +603,15 @@ def _checkpointer(
             f"({checkpoint.resume['epoch']} of {params['n_epochs']} epochs done)"
         )
     return checkpoint
+
+
+def _epochs_of_steps(
+    n_steps: int, n_obs: int, mode: str, batch_size: int, world_size: int
+) -> int:
+    """Epochs that ``n_steps`` optimisation steps begin (the last one may be cut): one step
+    per full-batch epoch; per minibatch epoch as many as every process has batches."""
+    per_epoch = 1 if mode == "full_batch" else max(1, -(-(n_obs // world_size) // batch_size))
+    return -(-n_steps // per_epoch)
 
 
 def _warn_about_inputs(inputs: ModelInputs, dims: list[int], *, widths_given: bool) -> None:
@@ -595,6 +658,8 @@ def _fit(
         patience=params["patience"],
         min_delta=params["min_delta"],
         device=dev,
+        n_steps=params["n_steps"] or None,
+        max_time=params["max_time"] or None,
     )
     if checkpoint is not None and (ctx is None or ctx.is_main):
         checkpoint.remove_stale()
