@@ -218,12 +218,12 @@ def _extrapolate_defaults(adata, train: dict) -> dict:
     from spacon.tl._train import size_defaults
 
     mode = "full_batch" if train["mode"] == "full-batch" else "minibatch"
-    batch_size, _, n_epochs = size_defaults(
+    batch_size, _, n_epochs, n_steps = size_defaults(
         adata.n_obs, mode, batch_size=train["batch_size"],
         num_neighbors=train["num_neighbors"], n_epochs=None,
     )  # fmt: skip
     per_epoch = 1 if mode == "full_batch" else math.ceil(adata.n_obs / batch_size)
-    steps = per_epoch * n_epochs
+    steps = per_epoch * n_epochs if n_steps is None else n_steps
     return {"default_epochs": n_epochs, "default_steps": steps,
             "train_s": steps * train["s_per_step"]}  # fmt: skip
 

@@ -439,16 +439,20 @@ def test_size_defaults_follow_the_number_of_cells():
     from spacon.tl._train import size_defaults
 
     auto = dict(batch_size="auto", num_neighbors="auto", n_epochs=None)
-    assert size_defaults(3_000, "full_batch", **auto) == (64, [20, 10, 10], 60)
-    assert size_defaults(15_000, "minibatch", **auto) == (64, [20, 10, 10], 10)
-    assert size_defaults(60_000, "minibatch", **auto) == (1024, [5, 5], 10)
-    assert size_defaults(250_000, "minibatch", **auto) == (1024, [5, 5], 4)
-    assert size_defaults(1_000_000, "minibatch", **auto) == (1024, [5, 5], 1)
-    assert size_defaults(4_000_000, "minibatch", **auto) == (1024, [5, 5], 1)
+    assert size_defaults(3_000, "full_batch", **auto) == (64, [20, 10, 10], 60, None)
+    assert size_defaults(15_000, "minibatch", **auto) == (64, [20, 10, 10], 10, None)
+    # large data: 10 epochs of 1024 cells, but at most 500 steps
+    assert size_defaults(40_000, "minibatch", **auto) == (1024, [5, 5], 10, None)
+    assert size_defaults(60_000, "minibatch", **auto) == (1024, [5, 5], 10, 500)
+    assert size_defaults(1_000_000, "minibatch", **auto) == (1024, [5, 5], 10, 500)
+    assert size_defaults(4_000_000, "minibatch", **auto) == (1024, [5, 5], 10, 500)
     # the user's values win over every rule
     assert size_defaults(
         1_000_000, "minibatch", batch_size=32, num_neighbors=[3], n_epochs=7
-    ) == (32, [3], 7)
+    ) == (32, [3], 7, None)
+    assert size_defaults(
+        1_000_000, "minibatch", batch_size="auto", num_neighbors="auto", n_epochs=None, n_steps=9
+    ) == (1024, [5, 5], 10, 9)
 
 
 def test_large_minibatch_training_records_the_protocol_it_chose(adata, monkeypatch):
@@ -461,3 +465,16 @@ def test_large_minibatch_training_records_the_protocol_it_chose(adata, monkeypat
     _train(adata, full_batch=False, n_epochs=1)
     params = adata.uns[Key.uns.train]["params"]
     assert params["batch_size"] == 1024 and params["num_neighbors"] == [5, 5]
+
+
+def test_large_minibatch_default_is_a_step_budget(adata, monkeypatch):
+    from spacon.tl import _train as train_module
+
+    monkeypatch.setattr(train_module, "_LARGE_MINIBATCH", 10)
+    monkeypatch.setattr(train_module, "_MAX_DEFAULT_STEPS", 3)
+    _train(adata, full_batch=False, n_epochs=None)
+    record = adata.uns[Key.uns.train]
+    assert record["params"]["n_steps"] == 3 and record["n_steps_run"] == 3
+    _train(adata, full_batch=False, n_epochs=4)  # the user's epochs are not cut
+    record = adata.uns[Key.uns.train]
+    assert record["params"]["n_steps"] == 0 and record["n_steps_run"] == 4
