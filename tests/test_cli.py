@@ -274,6 +274,27 @@ def test_train_reuses_a_stored_graph_built_with_the_same_sections(tmp_path, recw
     assert (result.obsp[Key.obsp.spatial_connectivities] != graph).nnz == 0
 
 
+def test_several_sections_take_an_inter_section_radius(tmp_path, capsys):
+    adata, _ = make_adata(n=60)
+    adata.obs["section"] = np.repeat(["s1", "s2"], 30)
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    common = ["--section-key", "section", "--epochs", "1", "--hidden-dims", "8", "4", "2",
+              "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(["train", str(data), *common, "--out", str(tmp_path / "a")]) != 0
+    assert "pass `--inter-section-radius` (in-plane" in capsys.readouterr().err  # the flag
+    out = tmp_path / "o"
+    assert main(["train", str(data), *common, "--inter-section-radius", "0", "--out", str(out)]) == 0
+    params = ad.read_h5ad(out / "cells_spacon.h5ad").uns[Key.neighbors(Key.obsm.spatial)]["params"]
+    assert params["section_key"] == "section" and params["inter_section_radius"] == 0
+    out = tmp_path / "r"
+    assert main(["run", str(data), *common[:2], "--inter-section-radius", "0", "--n-clusters",
+                 "2", "--epochs", "1", "--hidden-dims", "8", "4", "2", "--device", "cpu",
+                 "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    params = ad.read_h5ad(out / "cells_spacon.h5ad").uns[Key.neighbors(Key.obsm.spatial)]["params"]
+    assert params["inter_section_radius"] == 0
+
+
 def test_name_flags_spells_switches_as_flags():
     run = _command_parser(build_parser(), "run")
     text = _name_flags(

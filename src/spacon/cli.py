@@ -42,7 +42,11 @@ def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
             message = _name_switch(message, action.dest, flags[action.dest], action)
     for name, flag in flags.items():
         # `name=value` -> `--flag value`; `name` -> `--flag`; a bare name= -> --flag
-        message = re.sub(rf"`{name}=([^`]*)`", rf"`{flag} \1`", message)
+        message = re.sub(
+            rf"`{name}=([^`]*)`",
+            lambda m, flag=flag: f"`{flag} {m[1]}`" if m[1] else f"`{flag}`",
+            message,
+        )
         message = re.sub(rf"`{name}`", f"`{flag}`", message)
         message = re.sub(rf"(?<![\w.\-]){name}=", f"{flag} ", message)
     return message
@@ -188,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--regions-key", default=None, help="obs column of regions (region-level fc)")
     run.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
     run.add_argument("--section-key", default=None, help="obs column of sections (3-D data)")
+    run.add_argument(
+        "--inter-section-radius",
+        type=float,
+        default=None,
+        help="in-plane distance cut-off of edges between adjacent sections (required with "
+        "--section-key when there are several sections; 0 links none)",
+    )
     run.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
     run.add_argument("--threshold", type=float, default=None, help=_THRESHOLD_HELP)
     run.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
@@ -217,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--regions-key", default=None, help="obs column of regions")
     train.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates")
     train.add_argument("--section-key", default=None, help="obs column of sections (3-D data)")
+    train.add_argument(
+        "--inter-section-radius",
+        type=float,
+        default=None,
+        help="in-plane distance cut-off of edges between adjacent sections (required with "
+        "--section-key when there are several sections; 0 links none)",
+    )
     train.add_argument("--decay", type=float, default=0.0, help="distance weighting exp(decay*d)")
     train.add_argument("--threshold", type=float, default=None, help=_THRESHOLD_HELP)
     train.add_argument("--top-k", type=_top_k, default=None, help=_TOP_K_HELP)
@@ -348,6 +366,8 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             options["train_kwargs"][name] = getattr(args, name)
     model_dir = args.out / "model"
+    if args.inter_section_radius is not None:
+        options["spatial_graph_kwargs"] = {"inter_section_radius": args.inter_section_radius}
     tl.spacon(
         adata,
         None if args.connectivity is None else str(args.connectivity),
@@ -404,19 +424,29 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"Cannot read {str(args.data)!r} as an AnnData .h5ad file ({err}).") from None
 
     # as sp.tl.spacon: a --section-key the stored graph was not built with rebuilds it
-    rebuild = _rebuild_reason(adata, None, args.section_key)
+    graph_kwargs = (
+        None
+        if args.inter_section_radius is None
+        else {"inter_section_radius": args.inter_section_radius}
+    )
+    rebuild = _rebuild_reason(adata, graph_kwargs, args.section_key)
     if rebuild is not None and rank == 0:  # every rank rebuilds; one says so
         warnings.warn(
             _name_flags(
                 f"Rebuilding the spatial graph stored in {str(args.data)!r} because "
-                f"{rebuild}. Leave out --section-key to reuse it.",
+                f"{rebuild}. Leave out --section-key and --inter-section-radius to reuse it.",
                 _command_parser(build_parser(), "train"),
             ),
             UserWarning,
             stacklevel=2,
         )
     if rebuild is not None or Key.obsp.spatial_connectivities not in adata.obsp:
-        pp.spatial_graph(adata, spatial_key=args.spatial_key, section_key=args.section_key)
+        pp.spatial_graph(
+            adata,
+            spatial_key=args.spatial_key,
+            section_key=args.section_key,
+            **(graph_kwargs or {}),
+        )
     if args.connectivity is not None:
         options: dict = {"decay": args.decay, "spatial_key": args.spatial_key}
         if args.threshold is not None:
