@@ -45,14 +45,26 @@ class CSR:
 
     @classmethod
     def from_scipy(cls, matrix: sp_sparse.spmatrix, *, keep_weights: bool = True) -> CSR:
-        """Wrap a scipy matrix (made canonical CSR: sorted, no duplicates, no explicit zeros)."""
+        """Wrap a scipy matrix (made canonical CSR: sorted, no duplicates, no explicit zeros).
+
+        A matrix that already is canonical CSR with ``float32`` data is wrapped without a
+        copy of its edges: ``indices`` and ``weights`` are its arrays (``indices`` keep
+        scipy's ``int32`` while they fit, half the bytes of ``int64``); only ``indptr`` (one
+        entry per node) becomes ``int64``. Any other matrix is converted on a copy: the
+        caller's matrix is never changed.
+        """
         csr = sp_sparse.csr_matrix(matrix, dtype=np.float32)
-        csr.sum_duplicates()  # also sorts the indices
-        csr.eliminate_zeros()
+        if not csr.has_canonical_format or not csr.data.all():
+            csr = csr.copy()  # sum_duplicates/eliminate_zeros work in place
+            csr.sum_duplicates()  # also sorts the indices
+            csr.eliminate_zeros()
+        indices = csr.indices
+        if indices.dtype not in (np.int32, np.int64):
+            indices = indices.astype(np.int64)
         return cls(
             indptr=csr.indptr.astype(np.int64, copy=False),
-            indices=csr.indices.astype(np.int64, copy=False),
-            weights=csr.data.astype(np.float32, copy=False) if keep_weights else None,
+            indices=indices,
+            weights=csr.data if keep_weights else None,
             n_cols=csr.shape[1],
         )
 
@@ -77,7 +89,9 @@ def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def remove_self_loops(graph: CSR) -> CSR:
     """Drop diagonal entries (square graphs)."""
-    rows = np.repeat(np.arange(graph.n_rows, dtype=np.int64), graph.degrees())
+    # row of every edge, in the indices' own type (int32: half the bytes of int64)
+    dtype = np.result_type(graph.indices.dtype, np.min_scalar_type(graph.n_rows))
+    rows = np.repeat(np.arange(graph.n_rows, dtype=dtype), graph.degrees())
     keep = graph.indices != rows
     if keep.all():
         return graph

@@ -1,7 +1,7 @@
 """Training loop (minibatch or full-batch) and layer-wise chunked inference.
 
-Works on plain arrays: a :class:`FeatureMatrix` (dense or scipy sparse, densified by rows on
-demand) and :class:`~spacon._core._graph.CSR` graphs without self-loops.
+Works on plain arrays: a :class:`FeatureMatrix` (dense, scipy sparse or on disk, densified
+by rows on demand) and :class:`~spacon._core._graph.CSR` graphs without self-loops.
 """
 
 from __future__ import annotations
@@ -23,10 +23,17 @@ from ._sampler import NeighborSampler, sample_neighbors
 
 
 class FeatureMatrix:
-    """Node features, dense or sparse, handed out as dense ``float32`` row blocks."""
+    """Node features, dense or sparse, handed out as dense ``float32`` row blocks.
 
-    def __init__(self, data: np.ndarray | sp_sparse.spmatrix) -> None:
-        if sp_sparse.issparse(data):
+    ``on_disk``: ``data`` stays in its file and only the rows asked for are read (see
+    :class:`DiskRows`); nothing of size ``n_obs x n_features`` is held in memory.
+    """
+
+    def __init__(self, data: np.ndarray | sp_sparse.spmatrix, *, on_disk: bool = False) -> None:
+        self.on_disk = bool(on_disk)
+        if self.on_disk:
+            self.data = DiskRows(data)
+        elif sp_sparse.issparse(data):
             self.data = sp_sparse.csr_matrix(data)
         else:
             self.data = np.asarray(data)
@@ -40,6 +47,49 @@ class FeatureMatrix:
 
     def tensor(self, index: np.ndarray | slice, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(self.rows(index)).to(device)
+
+
+class DiskRows:
+    """Rows of an on-disk matrix as dense ``float32`` blocks, read only when asked for.
+
+    ``source`` is any matrix with ``shape`` and ``dtype`` whose ``source[rows]`` takes a
+    slice or increasing, distinct row indices and returns a numpy array or a scipy sparse
+    matrix: an ``h5py`` dataset, anndata's backed CSR dataset. Any row index (unsorted,
+    repeated: the nodes of a minibatch) is answered with one read of its distinct rows in
+    increasing order, put back in the order asked for (for a sparse source before it is
+    densified). Indexable like a dense array, so that checks written for arrays (row
+    slices, stepped slices) read it in row blocks.
+    """
+
+    ndim = 2
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.shape = tuple(int(d) for d in source.shape)
+        self.dtype = np.dtype(source.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: np.ndarray | slice) -> np.ndarray:
+        if isinstance(index, slice):
+            return _dense(self.source[index])
+        index = np.asarray(index, dtype=np.int64)
+        if index.ndim != 1:
+            raise IndexError("rows of an on-disk matrix are read by a slice or a 1-D index")
+        if len(index) == 0:
+            return np.zeros((0, self.shape[1]), dtype=np.float32)
+        index = np.where(index < 0, index + self.shape[0], index)
+        if (index[1:] > index[:-1]).all():
+            return _dense(self.source[index])
+        rows, inverse = np.unique(index, return_inverse=True)
+        return _dense(self.source[rows][inverse])
+
+
+def _dense(block: np.ndarray | sp_sparse.spmatrix) -> np.ndarray:
+    if sp_sparse.issparse(block):
+        block = block.toarray()
+    return np.ascontiguousarray(block, dtype=np.float32)
 
 
 @dataclass
@@ -515,6 +565,11 @@ class _ChunkedGraph:
         self.bounds = [(s, min(s + chunk_size, hi)) for s in range(lo, hi, chunk_size)]
         self._cache: dict[int, GraphTensors] | None = {} if cache else None
 
+    def release(self) -> None:
+        """Forget the cached chunks (the graph is not read again)."""
+        if self._cache is not None:
+            self._cache.clear()
+
     def __iter__(self):
         for i, (start, stop) in enumerate(self.bounds):
             if self._cache is not None and i in self._cache:
@@ -545,13 +600,11 @@ def _layer_all(
     n = graph.graph.n_rows
     lo, hi = graph.rows
     if isinstance(x, FeatureMatrix):
-        if layer.project_first:
-            h = torch.cat(
-                [
-                    x.tensor(slice(s, min(s + chunk_size, hi)), device) @ layer.weight
-                    for s in range(lo, hi, chunk_size)
-                ]
-            )
+        if layer.project_first:  # features read (from disk too) and projected by chunks
+            h = torch.empty(hi - lo, layer.out_features, device=device)
+            for s in range(lo, hi, chunk_size):
+                e = min(s + chunk_size, hi)
+                h[s - lo : e - lo] = x.tensor(slice(s, e), device) @ layer.weight
             if dist is not None:
                 h = dist.gather_rows(h, n)
             h, s_src, s_dst = h, h @ layer.att_src, h @ layer.att_dst
@@ -611,6 +664,8 @@ def infer(
             bar.update()
             keep.append(h if (reconstruction or i == n_layers - 1) else None)
         outputs[name] = keep
+        if not reconstruction:  # only the decoder reads the connectome again
+            graph.release()
     z_con = outputs["connectome"][-1]
     z_spa = outputs["spatial"][-1]
     x_hat = None

@@ -66,7 +66,11 @@ def embed(
     ----------
     adata
         The annotated data (same features and graph keys as for training), or a
-        :class:`spatialdata.SpatialData` whose table ``table_key`` is embedded.
+        :class:`spatialdata.SpatialData` whose table ``table_key`` is embedded. A backed
+        AnnData (``anndata.read_h5ad(path, backed="r")``) works too: ``X`` stays on disk
+        and is read ``batch_size`` cells at a time; the outputs go to its ``obsm``/``uns``,
+        which anndata keeps in memory: ``adata.write()`` stores them in the backing file,
+        ``adata.write_h5ad(other)`` writes a full copy (that file then backs ``adata``).
     model
         The :class:`~spacon.tl.SpaconModel` :func:`spacon.tl.train` returned, or the folder a
         model was saved to (:meth:`~spacon.tl.SpaconModel.save`).
@@ -118,7 +122,7 @@ def embed(
     >>> other.obsm["X_reloaded_spatial"].shape
     """
     adata = resolve_table(adata, table_key)
-    check_adata(adata, allow_view=copy)
+    check_adata(adata, allow_view=copy, allow_backed=True)
     check_key_added(key_added)
     batch_size = check_positive_int("batch_size", batch_size)
     check_bool("reconstruction", reconstruction)

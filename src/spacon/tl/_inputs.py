@@ -5,16 +5,24 @@
 :meth:`spacon.tl.SpaconModel.load` (feature check), by the command line and by the
 benchmarks. Nothing outside this module reads ``adata.X``/``layers``/``obsm`` features or the
 model's graphs from ``adata.obsp``.
+
+A **backed** AnnData (``anndata.read_h5ad(path, backed="r")``) keeps ``X`` in its file:
+:func:`get_features` returns the on-disk matrix itself (checked in row blocks) and
+:func:`model_inputs` wraps it as an on-disk :class:`~spacon._core.FeatureMatrix`, which
+reads only the rows of each minibatch or inference chunk. The graphs, ``layers`` and
+``obsm`` of a backed AnnData are in memory (anndata reads them when the file is opened).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp_sparse
 from anndata import AnnData
+from anndata.abc import CSCDataset, CSRDataset
 from scanpy import logging as logg
 
 from .._constants import Key
@@ -49,11 +57,25 @@ def describe_source(source: dict[str, str]) -> str:
     return "adata.X"
 
 
+def on_disk(data: object) -> bool:
+    """Whether ``data`` is a matrix still in its file: the ``X`` of a backed AnnData (an
+    ``h5py`` dataset when dense, anndata's backed sparse dataset when sparse)."""
+    return isinstance(data, (h5py.Dataset, CSRDataset, CSCDataset))
+
+
+def _stored_values(block: np.ndarray | sp_sparse.spmatrix) -> np.ndarray:
+    return block.data if sp_sparse.issparse(block) else np.asarray(block)
+
+
 def get_features(
     adata: AnnData, source: dict[str, str]
 ) -> tuple[np.ndarray | sp_sparse.spmatrix, list[str] | None]:
     """The feature matrix named by ``source`` (validated: numeric, finite, one row per cell)
-    and its names (None for an unnamed ``obsm`` array)."""
+    and its names (None for an unnamed ``obsm`` array).
+
+    The ``X`` of a backed AnnData is returned as it is, on disk (see :func:`on_disk`),
+    after a check of every value read in blocks of rows; stored by gene (CSC) it is an
+    error, since every row read would read the whole matrix."""
     where = describe_source(source)
     if source["source"] == "layer":
         if source["key"] not in adata.layers:
@@ -79,25 +101,33 @@ def get_features(
         if adata.X is None:
             raise ValueError("`adata.X` is empty; pass `layer=` or `use_rep=`.")
         data, names = adata.X, list(map(str, adata.var_names))
-    if not sp_sparse.issparse(data):
+    disk = on_disk(data)
+    if isinstance(data, CSCDataset):
+        raise ValueError(
+            f"{where} is stored on disk by gene (CSC): reading the rows of a minibatch would "
+            "read the whole matrix. Store it by cell (CSR): `mem = adata.to_memory(); "
+            "mem.X = mem.X.tocsr(); mem.write_h5ad(path)`, then open `path` backed again; "
+            "or train in memory (`adata = adata.to_memory()`)."
+        )
+    if not disk and not sp_sparse.issparse(data):
         data = np.asarray(data)
-        if data.ndim != 2:
-            raise ValueError(f"{where} must be 2-dimensional, got shape {data.shape}.")
+    if len(data.shape) != 2:
+        raise ValueError(f"{where} must be 2-dimensional, got shape {data.shape}.")
     if data.shape[0] != adata.n_obs:
         raise ValueError(f"{where} has {data.shape[0]} rows, expected {adata.n_obs}.")
     if data.shape[1] == 0:
         raise ValueError(f"{where} has no features (0 columns).")
     values = data.data if sp_sparse.issparse(data) else data
-    if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool) or np.iscomplexobj(
-        values
-    ):
-        raise TypeError(f"{where} must hold real numbers, got dtype {values.dtype}.")
-    if values.ndim == 2:
-        step = max(1, 2**24 // max(1, values.shape[1]))
-        finite = all(np.isfinite(values[i : i + step]).all() for i in range(0, len(values), step))
+    dtype = np.dtype(values.dtype)
+    if dtype.kind not in "biuf":  # bool, integers, real floats
+        raise TypeError(f"{where} must hold real numbers, got dtype {dtype}.")
+    # in blocks of about 2^24 values: no mask the size of the data, nothing loaded at once
+    if disk or values.ndim == 2:
+        step = max(1, 2**24 // max(1, data.shape[1]))
+        blocks = (values[i : i + step] for i in range(0, data.shape[0], step))
     else:
-        finite = bool(np.isfinite(values).all())
-    if not finite:
+        blocks = (values[i : i + 2**24] for i in range(0, len(values), 2**24))
+    if not all(np.isfinite(_stored_values(block)).all() for block in blocks):
         raise ValueError(
             f"{where} contains NaN or infinite values; fix or drop them before training "
             "(e.g. `sc.pp.log1p` on raw counts, then check for NaN)."
@@ -189,7 +219,7 @@ def model_inputs(
     )
     spatial = graph_input(adata, spatial_graph_key, hint=SPATIAL_HINT, positive=weighted_attention)
     return ModelInputs(
-        features=FeatureMatrix(data),
+        features=FeatureMatrix(data, on_disk=on_disk(data)),
         feature_names=names,
         source=dict(source),
         connectome=connectome,

@@ -170,7 +170,9 @@ class SpaconModel:
         Parameters
         ----------
         adata
-            The annotated data (same features and graph keys as for training).
+            The annotated data (same features and graph keys as for training); may be
+            backed (``anndata.read_h5ad(path, backed="r")``): ``X`` is then read from disk
+            ``batch_size`` cells at a time.
         batch_size
             Cells per inference chunk.
         device

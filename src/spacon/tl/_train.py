@@ -208,7 +208,10 @@ def train(
         ``True``: every step sees all cells; ``False``: minibatches of sampled subgraphs;
         ``"auto"``: full-batch when one step's activations fit in about 2 GB (roughly
         ``n_obs * (3 * n_features + 12 * sum(widths))`` floats), which is much faster for
-        small and medium data.
+        small and medium data. With a backed AnnData (``anndata.read_h5ad(path,
+        backed="r")``) training is minibatch only: each step reads the rows of its cells
+        from ``X`` on disk, so ``X`` is never loaded (``"auto"`` picks minibatches,
+        ``True`` is an error: full-batch would hold all of ``X`` in memory at every step).
     batch_size
         Seed cells per minibatch. ``"auto"``: 64 (as published) up to 20,000 cells,
         1024 above (in minibatch mode).
@@ -309,7 +312,7 @@ def train(
     >>> model.save("spacon_model")
     """
     adata = resolve_table(adata, table_key)
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)  # backed: X stays on disk, see `full_batch`
     opts = _Options.check(
         adata,
         fusion=fusion,
@@ -567,7 +570,14 @@ def _choose_mode(
     """``"full_batch"`` or ``"minibatch"``; explicit full-batch must fit the memory budget."""
     n_obs, n_features = inputs.n_obs, inputs.n_features
     full_batch_bytes = 4 * n_obs * (3 * n_features + 12 * sum(dims[1:]))
-    if full_batch == "auto" and distributed:
+    if inputs.features.on_disk and full_batch is True:
+        raise ValueError(
+            f"Full-batch training reads every cell's features at every step, but "
+            f"{inputs.where} of this backed AnnData is on disk: pass `full_batch=False` "
+            "(minibatches read only their cells' rows), or load it with "
+            "`adata = adata.to_memory()`."
+        )
+    if full_batch == "auto" and (distributed or inputs.features.on_disk):
         full_batch = False
     elif full_batch == "auto":
         budget = memory_budget()
