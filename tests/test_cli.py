@@ -272,6 +272,15 @@ def test_train_reuses_a_stored_graph_built_with_the_same_sections(tmp_path, recw
     assert not [w for w in recwarn if "Rebuilding" in str(w.message)]
     result = ad.read_h5ad(out / "cells_spacon.h5ad")
     assert (result.obsp[Key.obsp.spatial_connectivities] != graph).nnz == 0
+    argv = ["train", str(tmp_path / "cells.h5ad"), "--section-key", "section",
+            "--inter-section-radius", "0", "--epochs", "1", "--hidden-dims", "8", "4", "2",
+            "--device", "cpu", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0  # the radius it was built with: reused
+    assert not [w for w in recwarn if "Rebuilding" in str(w.message)]
+    argv[5] = "1e9"
+    with pytest.warns(UserWarning, match=r"--inter-section-radius 1e\+09 was given and the "
+                      r"graph was built with 0"):  # fmt: skip
+        assert main(argv) == 0
 
 
 def test_several_sections_take_an_inter_section_radius(tmp_path, capsys):

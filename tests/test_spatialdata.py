@@ -121,6 +121,23 @@ def test_coordinates_are_centroids_in_the_coordinate_system():
     assert Key.obsm.spatial not in table.obsm
 
 
+
+def test_another_coordinate_system_is_never_silently_ignored():
+    sdata, _, adata = _sdata(with_spatial=False, scale=2.0)
+    xy = adata.obsm[Key.obsm.spatial]
+    sp.pp.spatial_graph(sdata, n_neighbors=5)  # centroids in "global"
+    sp.pp.spatial_graph(sdata, n_neighbors=5, coordinate_system="aligned")  # recomputed
+    table = sdata.tables["table"]
+    np.testing.assert_allclose(table.obsm[Key.obsm.spatial], xy)
+    assert table.uns["spacon_centroids"] == {Key.obsm.spatial: "aligned"}
+
+    sdata, _, _ = _sdata(with_spatial=True, scale=2.0)  # coordinates of its own: kept
+    before = sdata.tables["table"].obsm[Key.obsm.spatial].copy()
+    with pytest.warns(UserWarning, match=r"coordinate_system='aligned'.* is not used"):
+        sp.pp.spatial_graph(sdata, n_neighbors=5, coordinate_system="aligned")
+    np.testing.assert_array_equal(sdata.tables["table"].obsm[Key.obsm.spatial], before)
+
+
 def test_rows_are_matched_to_instances_by_id():
     sdata, _, adata = _sdata(with_spatial=False)
     order = np.random.default_rng(1).permutation(N)
@@ -258,3 +275,9 @@ def test_one_liner_kwargs_cannot_pick_another_table():
         sp.tl.spacon(sdata, fc, spatial_graph_kwargs={"table_key": "table"}, train_kwargs=TINY)
     with pytest.raises(TypeError, match=r"must not set \['table_key'\]"):
         sp.tl.spacon(sdata, fc, cluster_kwargs={"table_key": "table"}, train_kwargs=TINY)
+
+
+def test_functions_that_take_a_table_say_which_one():
+    sdata, _, _ = _sdata(with_spatial=True)
+    with pytest.raises(TypeError, match=r"got a SpatialData.*sdata\.tables\['table'\]"):
+        sp.pl.domains(sdata, show=False)

@@ -13,6 +13,7 @@ class name, and only imported once a ``SpatialData`` is actually passed.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 from anndata import AnnData
@@ -23,6 +24,8 @@ DEFAULT_TABLE = "table"
 #: The table's ``uns`` entry where spatialdata records the annotated elements.
 _ATTRS = "spatialdata_attrs"
 _INSTALL = "pip install 'spacon-sc[spatialdata]'"
+#: ``uns`` entry recording the coordinate system of centroids spacon wrote to ``obsm``
+_CENTROIDS = "spacon_centroids"
 
 
 def is_spatialdata(data: object) -> bool:
@@ -55,7 +58,10 @@ def resolve_table(
     spatial_key
         ``obsm`` key the calling function reads coordinates from, or ``None`` when it reads
         none. When the table lacks it, the centroids of the annotated elements are written
-        there.
+        there (and the coordinate system to ``uns["spacon_centroids"]``); centroids spacon
+        wrote in another coordinate system are recomputed; coordinates the table came with
+        are kept, with a warning when a ``coordinate_system`` other than ``"global"`` is
+        asked for.
     copy
         The caller returns a copy: coordinates are then written to a copy of the table, and
         the SpatialData is left as it was.
@@ -83,16 +89,35 @@ def resolve_table(
         raise TypeError(message)
     name = _table_name(data, table_key)
     table = data.tables[name]
-    if spatial_key is not None and spatial_key not in table.obsm:
-        coords, regions = _centroids(data, table, name, coordinate_system)
-        if copy:
-            table = table.copy()
-        table.obsm[spatial_key] = coords
-        logg.info(
-            f"    coordinates of `sdata.tables[{name!r}]`: centroids of {regions} in coordinate "
-            f"system {coordinate_system!r}, stored in `.obsm[{spatial_key!r}]`"
-        )
+    if spatial_key is None:
+        return table
+    made_in = _centroid_record(table).get(spatial_key)
+    if spatial_key in table.obsm and made_in in (None, coordinate_system):
+        if made_in is None and coordinate_system != "global":
+            warnings.warn(
+                f"`coordinate_system={coordinate_system!r}` is not used: `sdata.tables"
+                f"[{name!r}].obsm[{spatial_key!r}]` holds coordinates already. Delete them "
+                "to use the centroids of the annotated elements instead.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return table
+    coords, regions = _centroids(data, table, name, coordinate_system)
+    if copy:
+        table = table.copy()
+    table.obsm[spatial_key] = coords
+    table.uns[_CENTROIDS] = {**_centroid_record(table), spatial_key: coordinate_system}
+    logg.info(
+        f"    coordinates of `sdata.tables[{name!r}]`: centroids of {regions} in coordinate "
+        f"system {coordinate_system!r}, stored in `.obsm[{spatial_key!r}]`"
+    )
     return table
+
+
+def _centroid_record(table: AnnData) -> dict:
+    """``{obsm key: coordinate system}`` of the centroids spacon wrote into ``table``."""
+    record = table.uns.get(_CENTROIDS)
+    return dict(record) if hasattr(record, "keys") else {}
 
 
 def _table_name(sdata, table_key: str | None) -> str:

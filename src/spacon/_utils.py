@@ -35,6 +35,11 @@ def check_adata(
     ``obs``/``obsm``/``uns`` (plots).
     """
     if not isinstance(adata, AnnData):
+        if type(adata).__name__ == "SpatialData":
+            raise TypeError(
+                "Expected an AnnData object, got a SpatialData: this function takes one of "
+                "its tables, e.g. `sdata.tables['table']`."
+            )
         raise TypeError(
             f"Expected an AnnData object, got {type(adata).__name__}. "
             "Load your data with `anndata.read_h5ad(...)` or `scanpy.read(...)` first."

@@ -424,12 +424,21 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"Cannot read {str(args.data)!r} as an AnnData .h5ad file ({err}).") from None
 
     # as sp.tl.spacon: a --section-key the stored graph was not built with rebuilds it
-    graph_kwargs = (
-        None
-        if args.inter_section_radius is None
-        else {"inter_section_radius": args.inter_section_radius}
-    )
-    rebuild = _rebuild_reason(adata, graph_kwargs, args.section_key)
+    graph_kwargs = None
+    if args.inter_section_radius is not None:
+        if args.section_key is None:
+            raise ValueError("--inter-section-radius needs --section-key (the obs column of sections).")
+        graph_kwargs = {"inter_section_radius": args.inter_section_radius}
+    rebuild = _rebuild_reason(adata, None, args.section_key)
+    if graph_kwargs is not None and rebuild is None:
+        record = adata.uns.get(Key.neighbors(Key.obsm.spatial))
+        params = record.get("params", {}) if hasattr(record, "get") else {}
+        built_with = params.get("inter_section_radius") if hasattr(params, "get") else None
+        if Key.obsp.spatial_connectivities in adata.obsp and built_with != args.inter_section_radius:
+            rebuild = (
+                f"--inter-section-radius {args.inter_section_radius:g} was given and the graph "
+                f"was built with {built_with!r}"
+            )
     if rebuild is not None and rank == 0:  # every rank rebuilds; one says so
         warnings.warn(
             _name_flags(

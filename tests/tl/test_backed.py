@@ -125,6 +125,16 @@ def test_train_embeds_a_backed_anndata_and_a_saved_model_too(h5ad, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_embed_copy_of_a_backed_anndata_is_refused_before_any_work(h5ad, tmp_path, monkeypatch):
+    memory = ad.read_h5ad(h5ad)
+    sp.tl.train(memory, **TRAIN).save(tmp_path / "model")
+    backed = ad.read_h5ad(h5ad, backed="r")
+    monkeypatch.setattr(sp.tl.SpaconModel, "get_latent_representation", None)  # never reached
+    with pytest.raises(ValueError, match=r"copy=True.*backed.*adata\.write\(\).*to_memory"):
+        sp.tl.embed(backed, tmp_path / "model", copy=True, progress=False)
+    assert Key.embedding("spacon").spatial not in backed.obsm
+
+
 def test_full_batch_on_backed_x_is_refused(h5ad):
     backed = ad.read_h5ad(h5ad, backed="r")
     with pytest.raises(ValueError, match=r"full_batch=False"):

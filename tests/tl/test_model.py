@@ -453,6 +453,12 @@ def test_size_defaults_follow_the_number_of_cells():
     assert size_defaults(
         1_000_000, "minibatch", batch_size="auto", num_neighbors="auto", n_epochs=None, n_steps=9
     ) == (1024, [5, 5], 10, 9)
+    # a batch size the user chose trains whole epochs; the budget counts steps per process
+    assert size_defaults(
+        100_000, "minibatch", batch_size=64, num_neighbors="auto", n_epochs=None
+    ) == (64, [5, 5], 10, None)
+    assert size_defaults(120_000, "minibatch", **auto, world_size=2)[3] == 500
+    assert size_defaults(120_000, "minibatch", **auto, world_size=4)[3] is None  # 30 x 10 steps
 
 
 def test_large_minibatch_training_records_the_protocol_it_chose(adata, monkeypatch):

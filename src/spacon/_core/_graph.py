@@ -90,7 +90,8 @@ def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def remove_self_loops(graph: CSR) -> CSR:
     """Drop diagonal entries (square graphs)."""
     # row of every edge, in the indices' own type (int32: half the bytes of int64)
-    dtype = np.result_type(graph.indices.dtype, np.min_scalar_type(graph.n_rows))
+    small = graph.n_rows <= np.iinfo(graph.indices.dtype).max
+    dtype = graph.indices.dtype if small else np.int64
     rows = np.repeat(np.arange(graph.n_rows, dtype=dtype), graph.degrees())
     keep = graph.indices != rows
     if keep.all():

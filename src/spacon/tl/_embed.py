@@ -125,6 +125,13 @@ def embed(
     check_adata(adata, allow_view=copy, allow_backed=True)
     check_key_added(key_added)
     batch_size = check_positive_int("batch_size", batch_size)
+    check_bool("copy", copy)
+    if copy and adata.isbacked:
+        raise ValueError(
+            "`copy=True` cannot copy an AnnData backed on disk. Leave `copy` out: the "
+            "embeddings go to `adata.obsm`, and `adata.write()` stores them in the file; "
+            "or load the data first with `adata.to_memory()`."
+        )
     check_bool("reconstruction", reconstruction)
     check_bool("distributed", distributed)
     model = resolve_model(model, adata)

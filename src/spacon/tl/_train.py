@@ -68,19 +68,24 @@ def size_defaults(
     num_neighbors: list[int] | Literal["auto"],
     n_epochs: int | None,
     n_steps: int | None = None,
+    world_size: int = 1,
 ) -> tuple[int, list[int], int, int | None]:
     """``(batch_size, num_neighbors, n_epochs, n_steps)`` with every ``"auto"``/``None``
     resolved from the number of cells and the training mode (the rules are in
-    :func:`train`); ``n_steps`` stays ``None`` when whole epochs are trained."""
+    :func:`train`); ``n_steps`` stays ``None`` when whole epochs are trained. The step
+    budget applies to the large-data protocol's own batch size only, counted per process
+    (``world_size`` processes each take ``n_obs // world_size`` cells)."""
     large = mode == "minibatch" and n_obs > _LARGE_MINIBATCH
     protocol = _LARGE if large else _PUBLISHED
+    budgeted = large and batch_size == "auto"
     if batch_size == "auto":
         batch_size = protocol["batch_size"]
     if num_neighbors == "auto":
         num_neighbors = list(protocol["num_neighbors"])
     if n_epochs is None and n_steps is None:
         n_epochs = _EPOCHS[mode]
-        if large and n_epochs * -(-n_obs // int(batch_size)) > _MAX_DEFAULT_STEPS:
+        per_epoch = -(-(n_obs // max(1, world_size)) // int(batch_size))
+        if budgeted and n_epochs * per_epoch > _MAX_DEFAULT_STEPS:
             n_steps = _MAX_DEFAULT_STEPS
     elif n_epochs is None:
         n_epochs = _EPOCHS[mode]  # replaced by the epochs that ``n_steps`` begins
@@ -184,9 +189,9 @@ def train(
         all cells (with the default ``lr``, 60 full-batch steps reach the domain quality
         of the published 10 minibatch epochs; much longer training fits finer detail and
         can blur domains). In minibatch mode 10 (as published); above 20,000 cells
-        (the large-data protocol of ``batch_size``/``num_neighbors``) 10 epochs but at
-        most 500 optimisation steps (``n_steps=500`` from about 51,000 cells: half an epoch
-        at 10^6 cells), which keeps the domain quality of longer training on the synthetic
+        with ``batch_size="auto"`` (the large-data protocol) 10 epochs but at most 500
+        optimisation steps per process (``n_steps=500`` from about 51,000 cells: half an
+        epoch at 10^6 cells; a ``batch_size`` you choose trains whole epochs), which keeps the domain quality of longer training on the synthetic
         brain at 10^5-10^6 cells and the default run within the times of the
         :doc:`/benchmarks`. The budget chosen is logged and recorded.
     n_steps
@@ -353,6 +358,7 @@ def train(
         num_neighbors=opts.num_neighbors,
         n_epochs=opts.n_epochs,
         n_steps=opts.n_steps,
+        world_size=1 if ctx is None else ctx.world_size,
     )
     if n_steps is not None:
         world_size = 1 if ctx is None else ctx.world_size
