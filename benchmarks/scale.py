@@ -235,8 +235,7 @@ def _extrapolate_defaults(adata, train: dict) -> dict:
 
     mode = "full_batch" if train["mode"] == "full-batch" else "minibatch"
     batch_size, _, n_epochs, n_steps = size_defaults(
-        adata.n_obs, mode, batch_size=train["batch_size"],
-        num_neighbors=train["num_neighbors"], n_epochs=None,
+        adata.n_obs, mode, batch_size="auto", num_neighbors="auto", n_epochs=None,
     )  # fmt: skip
     per_epoch = 1 if mode == "full_batch" else math.ceil(adata.n_obs / batch_size)
     steps = per_epoch * n_epochs if n_steps is None else n_steps
