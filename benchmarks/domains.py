@@ -19,6 +19,22 @@ domains):
 - **hypothalamus**: the 5 MERFISH slices of ``../shared/data/merfish_hypothalamus``
   (5,488-5,926 cells x 154 PCA features each, as published), spatial-only, vs the 8
   domains; one task per slice and their mean.
+- **baristaseq** (``--extra-data DIR``): BaristaSeq of mouse visual cortex (Sun et al.
+  2021, Nat. Neurosci.; the 3 slices as distributed in ``github.com/lanbiolab/DACN`` at
+  ``d32ef95``, ``data/BaristaSeq/Slice_{1,2,3}_removed.h5ad``), 1,525-2,042 cells x 79
+  genes, ``normalize_total`` + ``log1p``, vs the 6 layers (I, II/III, IV, V, VI, white
+  matter); one task per slice and their mean.
+- **her2st** (``--extra-data DIR``): HER2+ breast tumour sections (Andersson et al. 2021,
+  Nat. Commun.; ``github.com/almaan/her2st`` at ``85df741``), original ST spots, the
+  pathologist's regions (undetermined spots dropped); the 3 sections with 5-6 regions
+  (A1, G2, H1; 341-530 spots), 3,000 highly variable genes, ``normalize_total`` +
+  ``log1p``; one task per section and their mean.
+
+``DIR`` holds one folder per slice, ``baristaseq_visp_slice{1,2,3}/`` and
+``her2st_pathology/``, with ``features.npy`` (cells x features, float32),
+``coordinates.npy`` (cells x 2), ``labels.npy`` (str) and, for her2st,
+``section_ids.npy``. Neither source states a licence: the data are used here, never
+shipped.
 
 Methods, each over ``--seeds`` seeds (the data are fixed; the seed drives the model, the
 sampling and the clustering):
@@ -61,6 +77,13 @@ STAGATE_DIR = OUT / "stagate"
 STAGATE_VERSION = "1.0.0.post1"
 HYPOTHALAMUS = HERE.parent.parent / "shared" / "data" / "merfish_hypothalamus"
 SLICES = ("-0.04", "-0.09", "-0.14", "-0.19", "-0.24")
+#: Data sets of several slices: the task name prefix of each slice, and its slices.
+GROUPS = {
+    "hypothalamus": [f"hypothalamus{s}" for s in SLICES],
+    "baristaseq": [f"baristaseq{i}" for i in (1, 2, 3)],
+    "her2st": [f"her2st-{s}" for s in ("A1", "G2", "H1")],
+}
+EXTRA_DATA: Path | None = None  # --extra-data
 
 CONNECTIVITY = {"decay": 0.006, "threshold": 0.8, "top_k": 0.1}
 TRUTH = "truth"
@@ -95,12 +118,25 @@ def load(dataset: str):
         sc.pp.normalize_total(adata)
         sc.pp.log1p(adata)
         adata.obs[TRUTH] = adata.obs["Region"].astype(str)
-    else:  # one hypothalamus slice, "hypothalamus-0.04"
+    elif dataset.startswith("hypothalamus"):  # one slice, "hypothalamus-0.04"
         folder = HYPOTHALAMUS / f"bregma{dataset.removeprefix('hypothalamus')}"
         adata = ad.AnnData(X=np.load(folder / "features.npy"))
         adata.obs_names = adata.obs_names.astype(str)
         adata.obsm["spatial"] = np.load(folder / "coordinates.npy")
         adata.obs[TRUTH] = np.load(folder / "cell_types.npy", allow_pickle=True).astype(str)
+    else:  # "baristaseq1" or "her2st-A1", from --extra-data
+        if EXTRA_DATA is None:
+            raise SystemExit(f"{dataset} needs --extra-data DIR (see the docstring).")
+        if dataset.startswith("baristaseq"):
+            folder, keep = EXTRA_DATA / f"baristaseq_visp_slice{dataset[-1]}", slice(None)
+        else:
+            folder = EXTRA_DATA / "her2st_pathology"
+            sections = np.load(folder / "section_ids.npy", allow_pickle=True)
+            keep = sections == dataset.removeprefix("her2st-")
+        adata = ad.AnnData(X=np.load(folder / "features.npy")[keep].astype(np.float32))
+        adata.obs_names = adata.obs_names.astype(str)
+        adata.obsm["spatial"] = np.load(folder / "coordinates.npy")[keep].astype(np.float64)
+        adata.obs[TRUTH] = np.load(folder / "labels.npy", allow_pickle=True)[keep].astype(str)
     sp.pp.spatial_graph(adata)
     return adata
 
@@ -113,9 +149,13 @@ def tasks_of(datasets: list[str]) -> list[Task]:
                       Task("flatmap a=1 vs networks", "flatmap", 1.0, "network", 4)]
         elif dataset == "osmfish":
             tasks.append(Task("osmFISH vs regions", "osmfish", 0.0, TRUTH, 11))
-        else:
+        elif dataset == "hypothalamus":
             for s in SLICES:
                 tasks.append(Task(f"hypothalamus {s}", f"hypothalamus{s}", 0.0, TRUTH, 8))
+        else:  # the number of domains is read from the labels when the data are loaded
+            for name in GROUPS[dataset]:
+                tasks.append(Task(f"{dataset} {name.removeprefix(dataset).lstrip('-')}", name, 0.0,
+                                  TRUTH, 0))
     return tasks
 
 
@@ -322,24 +362,28 @@ def summarize(runs: list[dict]) -> dict:
             "per_seed": runs}
 
 
-def hypothalamus_mean(table: dict) -> dict:
-    """The mean over the slices of each method's per-slice mean (and its worst slice)."""
-    rows: dict = {}
-    for task, by_method in table.items():
-        if not task.startswith("hypothalamus "):
-            continue
-        for method, s in by_method.items():
-            rows.setdefault(method, []).append(s)
+def group_means(table: dict) -> dict:
+    """For each data set of several slices: the mean over its slices of each method's
+    per-slice mean (and its worst slice), under ``"{set}, mean of {n} slices"``."""
     out = {}
-    for method, per_slice in rows.items():
-        if len(per_slice) == len(SLICES):
-            out[method] = {
-                "ari_mean": float(np.mean([s["ari_mean"] for s in per_slice])),
-                "ari_sd": float(np.mean([s["ari_sd"] for s in per_slice])),
-                "ari_min": float(min(s["ari_mean"] for s in per_slice)),
-                "nmi_mean": float(np.mean([s["nmi_mean"] for s in per_slice])),
-                "seconds": float(np.mean([s["seconds"] for s in per_slice])),
-            }
+    for group, members in GROUPS.items():
+        rows: dict = {}
+        for task, by_method in table.items():
+            if task.startswith(group + " "):
+                for method, s in by_method.items():
+                    rows.setdefault(method, []).append(s)
+        means = {}
+        for method, per_slice in rows.items():
+            if len(per_slice) == len(members):
+                means[method] = {
+                    "ari_mean": float(np.mean([s["ari_mean"] for s in per_slice])),
+                    "ari_sd": float(np.mean([s["ari_sd"] for s in per_slice])),
+                    "ari_min": float(min(s["ari_mean"] for s in per_slice)),
+                    "nmi_mean": float(np.mean([s["nmi_mean"] for s in per_slice])),
+                    "seconds": float(np.mean([s["seconds"] for s in per_slice])),
+                }
+        if means:
+            out[f"{group}, mean of {len(members)} slices"] = means
     return out
 
 
@@ -347,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, spacon only")
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0, 1, ...)")
-    parser.add_argument("--datasets", nargs="+", default=["flatmap", "osmfish", "hypothalamus"],
-                        choices=["flatmap", "osmfish", "hypothalamus"], help="data sets to run")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        choices=["flatmap", "osmfish", "hypothalamus", "baristaseq", "her2st"],
+                        help="data sets to run (default: all; baristaseq and her2st only "
+                             "with --extra-data)")
+    parser.add_argument("--extra-data", type=Path, default=None,
+                        help="folder of the baristaseq and her2st sets (see the docstring)")
     parser.add_argument("--train", type=json.loads, default={},
                         help="extra sp.tl.train options for spacon, as JSON")
     parser.add_argument("--cluster", type=json.loads, default={},
@@ -373,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
+    global EXTRA_DATA
+    EXTRA_DATA = args.extra_data
+    if args.datasets is None:
+        args.datasets = ["flatmap", "osmfish", "hypothalamus"] + (
+            ["baristaseq", "her2st"] if EXTRA_DATA is not None else [])
     tasks = tasks_of(args.datasets)
     peers = {} if args.no_peers else {
         "BANKSY": run_banksy, "CellCharter-style": run_cellcharter_style, "naive": run_naive}
@@ -389,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in dict.fromkeys(t.dataset for t in tasks):
         adata = load(dataset)
         mine = [t for t in tasks if t.dataset == dataset]
+        for task in mine:
+            if task.k == 0:  # the extra sets: every label present is a domain
+                task.k = int(adata.obs[task.truth].nunique())
         for seed in seeds:
             for (name, method), (labels, seconds) in run_spacon(
                     adata, mine, seed, args.train, args.cluster, args.auto_k).items():
@@ -415,16 +471,14 @@ def main(argv: list[str] | None = None) -> int:
                     record(task, method, seed, labels, seconds, adata)
 
     summary = {task: {m: summarize(runs) for m, runs in by.items()} for task, by in table.items()}
-    mean = hypothalamus_mean(summary)
-    if mean:
-        summary["hypothalamus, mean of 5 slices"] = mean
+    summary.update(group_means(summary))
     print(f"\n{'task':<32} {'method':<18} {'ARI mean +- sd (min)':<24} {'NMI':<6} s/run  k")
     for task, by_method in summary.items():
         for method, s in by_method.items():
             print(f"{task:<32} {method:<18} {s['ari_mean']:.3f} +- {s['ari_sd']:.3f} "
                   f"({s['ari_min']:.3f})    {s['nmi_mean']:.3f}  {s['seconds']:.1f}  "
                   f"{s.get('k_mean', float('nan')):.1f}")
-    print(f"(seeds {seeds}; hypothalamus mean: sd is the mean per-slice sd, min the worst "
+    print(f"(seeds {seeds}; means of slices: sd is the mean per-slice sd, min the worst "
           "slice's mean)")
     result = {"date": str(datetime.date.today()), "seeds": seeds, "train": args.train,
               "cluster": args.cluster, "tasks": summary}

@@ -28,6 +28,7 @@ def alpha_sweep(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
     n_neighbors: int = 40,
@@ -59,7 +60,7 @@ def alpha_sweep(
         Annotated data with both embeddings (:func:`spacon.tl.embed`) and coordinates.
     alphas
         Values of ``alpha`` in [0, 1], one panel each.
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, embedding_key, spatial_graph_key, n_neighbors
+    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_weight, embedding_key, spatial_graph_key, n_neighbors
         As in :func:`spacon.tl.cluster` (the same defaults).
     random_state
         As in :func:`spacon.tl.cluster`.
@@ -86,7 +87,11 @@ def alpha_sweep(
     if section_key is None and section is not None:
         raise ValueError("`section` needs `section_key` (the obs column of section ids).")
     keys = Key.embedding(embedding_key)
-    shell = AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names))
+    shell = AnnData(
+        X=adata.X,
+        obs=pd.DataFrame(index=adata.obs_names),
+        var=adata.var[[c for c in ("highly_variable",) if c in adata.var]],
+    )
     for key in (keys.spatial, keys.connectome):
         if key in adata.obsm:
             shell.obsm[key] = adata.obsm[key]
@@ -101,6 +106,7 @@ def alpha_sweep(
         method=method,
         hops=hops,
         n_pcs=n_pcs,
+        expression_weight=expression_weight,
         embedding_key=embedding_key,
         spatial_graph_key=spatial_graph_key,
         n_neighbors=n_neighbors,

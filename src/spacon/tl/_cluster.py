@@ -29,8 +29,8 @@ from ._clusterers import (
     select_n_clusters,
 )
 from ._features import (
+    check_expression_weight,
     domain_features,
-    expression_pcs,
     get_embeddings,
     mixing_weight,
 )
@@ -106,6 +106,7 @@ def cluster(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_weight: float = 3.0,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
@@ -122,7 +123,9 @@ def cluster(
     those of ``embedding_key``) is
     z-scored per column and mixed as ``X = f * connectome + (1 - f) * spatial``; the mix is
     then averaged over its neighbourhood at several scales (``hops``) and the scales are
-    put side by side, so that a cell is described by itself and by its surroundings. With
+    put side by side, so that a cell is described by itself and by its surroundings; on
+    the spatial side the expression, taken at the same scales, joins them (``n_pcs``,
+    ``expression_weight``). With
     ``alpha_scale="exponential"`` (the published scale) ``f = (exp(-4 alpha) - 1) /
     (exp(-4) - 1)``, which is far from linear: alpha = 0.1, 0.25, 0.5, 0.75 give
     f = 0.34, 0.64, 0.88, 0.97. ``alpha_scale="linear"`` uses ``f = alpha``. A kNN graph
@@ -172,22 +175,32 @@ def cluster(
     hops
         Neighbourhood scales: for each ``h``, the mix averaged over ``h`` hops of the spatial
         graph (row-normalised, with self-loops), z-scored; the blocks are put side by side,
-        each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself. Thin domains
-        (cortical layers) are served by few hops, large nuclei by many; the default
-        ``(0, 8)`` was chosen over every development set of the :doc:`/benchmarks`
-        (mean of 5 seeds, hypothalamus ARI 0.28 -> 0.35 with the flatmap and osmFISH
-        unchanged). ``(0,)`` or ``None`` clusters the mix alone,
-        as the published method does. Cost: ``max(hops)`` sparse products with the graph.
+        each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself. The expression
+        (``n_pcs``) is taken at the same scales. Thin domains (cortical layers) are served
+        by few hops, large nuclei made of several cell types by many; the default
+        ``(0, 1, 2, 4, 8, 16)`` serves both and was chosen over every development set of
+        the :doc:`/benchmarks`. ``(0,)`` or ``None`` clusters the mix (and the cells' own
+        expression) alone, as the published method does. Cost: ``max(hops)`` sparse
+        products with the graph.
     n_pcs
-        Principal components of the expression (``adata.X``, :func:`scanpy.pp.pca`) put
-        beside the mix, with the same neighbourhood scales, weighted by ``1 - f``: the
-        spatial side of the mix keeps the expression the encoders compressed, and at
-        ``alpha=1`` the block vanishes. Over the development sets (5 seeds) it raised
-        every set: osmFISH 0.620 -> 0.632, hypothalamus 0.350 -> 0.380, flatmap alpha=0
-        0.923 -> 0.978, alpha=1 unchanged (:doc:`/benchmarks`). ``None`` or ``0``
-        leaves the expression out (also when ``adata`` holds no ``X``). Only the highly
-        variable genes are used when ``adata.var["highly_variable"]`` marks some, as in
-        :func:`scanpy.pp.pca`.
+        Components of the expression's neighbourhood scales put beside the mix on its
+        spatial side: the features of ``adata.X`` (only the highly variable ones when
+        ``adata.var["highly_variable"]`` marks some, as :func:`scanpy.pp.pca` does) are
+        z-scored (reduced to their first 200 principal components when wider, fewer above
+        about 200,000 cells to hold the scales within about 1 GB), averaged over every
+        scale of ``hops``, each scale brought to unit total variance, and the scales side by
+        side reduced to ``n_pcs`` principal components. Averaging before reducing keeps
+        what single cells barely show and neighbourhoods do: a domain made of several cell
+        types. ``None`` or ``0`` leaves the expression out (also when ``adata`` holds no
+        ``X``).
+    expression_weight
+        Weight of the expression block against the mix, times ``1 - f``: both are
+        brought to unit total variance, then the expression is multiplied by
+        ``expression_weight * (1 - f)``, so it vanishes at ``alpha=1``. The encoders
+        compress the expression through three rounds of attention; at ``alpha=0`` the
+        expression's scales carry the domains better than the embedding on real tissue,
+        and the embedding keeps a third of the weight (:doc:`/benchmarks`). ``0`` leaves
+        the expression out.
     k_range
         ``(k_min, k_max)``, the candidates of ``n_clusters="auto"`` (inclusive).
     embedding_key
@@ -230,7 +243,8 @@ def cluster(
     the first one's labels and features together), ``obs[key_added]`` (categorical "0",
     "1", ..., "0" the largest domain), for Leiden and Louvain the neighbour graph under
     ``neighbors_key``, and ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``,
-    the ``method`` used, ``hops``, ``n_pcs`` used, ``features_key``, final ``resolution`` (unused by
+    the ``method`` used, ``hops``, ``n_pcs`` used (0 without expression),
+    ``expression_weight``, ``features_key``, final ``resolution`` (unused by
     k-means and the mixture), ``n_clusters`` found, ``random_state``, ``n_neighbors`` and
     ``neighbors_key`` when a graph was built, ``embedding_key``, and, when ``n_clusters``
     was given, ``n_clusters_requested``; with ``"auto"`` also ``k_range``, and the
@@ -272,20 +286,22 @@ def cluster(
     hops = check_hops(hops)
     if n_pcs is not None and (not is_int(n_pcs) or n_pcs < 0):
         raise ValueError(f"`n_pcs` must be a non-negative integer or None, got {n_pcs!r}.")
+    check_expression_weight(expression_weight)
     spatial, connectome = get_embeddings(adata, embedding_key)
 
     method = resolve_method(method, n_clusters)
     start = logg.info(f"clustering spatial domains ({method}, alpha={alpha}, hops={hops})")
     f = mixing_weight(alpha, alpha_scale)
-    expression = expression_pcs(adata, n_pcs if f < 1 else None, int(random_state))
-    mixed = domain_features(
+    mixed, n_expression = domain_features(
         adata,
         spatial,
         connectome,
         f,
         hops=hops,
         spatial_graph_key=spatial_graph_key,
-        expression=expression,
+        n_pcs=n_pcs,
+        expression_weight=expression_weight,
+        random_state=int(random_state),
     )
     stability = None
     requested = n_clusters
@@ -335,7 +351,8 @@ def cluster(
         "alpha_scale": alpha_scale,
         "method": method,
         "hops": list(hops),
-        "n_pcs": 0 if expression is None else int(expression.shape[1]),
+        "n_pcs": n_expression,
+        "expression_weight": float(expression_weight),
         "embedding_key": embedding_key,
         "features_key": features_key,
         "resolution": final_res,

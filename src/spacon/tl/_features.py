@@ -6,10 +6,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp_sparse
 from anndata import AnnData
 
 from .._constants import DEFAULT_KEY, Key
 from .._utils import check_graph
+from .._validators import is_real
 from ._aggregate import aggregate_neighbors, mean_operator, zscore
 
 
@@ -33,22 +35,119 @@ def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.
     return mixed.astype(np.float32)
 
 
-def expression_pcs(adata: AnnData, n_comps: int | None, random_state: int) -> np.ndarray | None:
-    """The first ``n_comps`` principal components of ``adata.X``, of the highly variable
-    genes only when ``adata.var["highly_variable"]`` marks some (as :func:`scanpy.pp.pca`
-    does); ``None`` when ``n_comps`` is ``None``/0 or ``adata`` holds no expression."""
+#: Widest basis of the expression scales (principal components of the z-scored features).
+MAX_BASIS = 200
+#: Most floats held by the stacked expression scales (about 1 GB in float32): above some
+#: 200,000 cells the basis narrows to fit.
+SCALES_BUDGET = 250_000_000
+
+
+def expression_scales(
+    adata: AnnData,
+    *,
+    hops: tuple[int, ...],
+    operator: sp_sparse.csr_matrix | None,
+    n_comps: int | None,
+    random_state: int,
+) -> np.ndarray | None:
+    """The expression at every neighbourhood scale, reduced jointly.
+
+    The features of ``adata.X`` (the highly variable ones when ``var["highly_variable"]``
+    marks some, as :func:`scanpy.pp.pca` does) are z-scored and, when wider than
+    :data:`MAX_BASIS`, reduced to that many principal components (not whitened). This
+    basis is averaged over ``h`` hops for each ``h`` in ``hops`` (``operator``, a
+    :func:`~spacon.tl._aggregate.mean_operator`), every scale centred and scaled to unit
+    total variance, and the scales side by side are reduced to their first ``n_comps``
+    principal components, scaled to unit total variance. Smoothing before reducing keeps
+    directions that are weak in single cells but strong over a neighbourhood (domains
+    made of several cell types). ``None`` when ``n_comps`` is ``None``/0 or ``adata``
+    holds no expression.
+    """
     if not n_comps or adata.X is None or adata.n_vars < 2:
         return None
-    import scanpy as sc
-
     x = adata.X
     if "highly_variable" in adata.var:
         mask = np.asarray(adata.var["highly_variable"], dtype=bool)
         if mask.sum() >= 2:
             x = x[:, mask]
-    n_comps = min(int(n_comps), x.shape[1] - 1, adata.n_obs - 1)
-    pcs = sc.pp.pca(x, n_comps=n_comps, random_state=random_state)
+    n_obs = adata.n_obs
+    width = min(x.shape[1], MAX_BASIS, max(int(n_comps), SCALES_BUDGET // (n_obs * len(hops))))
+    basis = _standardised_basis(x, width, random_state)
+    stacked = np.empty((n_obs, basis.shape[1] * len(hops)), dtype=np.float32)
+    current, done = basis, 0
+    for block, h in enumerate(hops):
+        while done < h:
+            current = np.asarray(operator @ current, dtype=np.float32)
+            done += 1
+        scale = current - current.mean(axis=0, dtype=np.float64).astype(np.float32)
+        scale *= np.float32(1.0 / max(_rms_norm(scale), 1e-12))
+        stacked[:, block * basis.shape[1] : (block + 1) * basis.shape[1]] = scale
+    del current, basis
+    scores = _leading_components(stacked, min(int(n_comps), stacked.shape[1], n_obs - 1))
+    return scores * np.float32(1.0 / max(_rms_norm(scores), 1e-12))
+
+
+def _rms_norm(x: np.ndarray) -> float:
+    """Root mean square of the rows' Euclidean norms (the square root of the total variance
+    of centred ``x``)."""
+    total = 0.0
+    for start in range(0, x.shape[0], _CHUNK):
+        chunk = x[start : start + _CHUNK].astype(np.float64)
+        total += float(np.einsum("ij,ij->", chunk, chunk))
+    return float(np.sqrt(total / max(x.shape[0], 1)))
+
+
+_CHUNK = 65_536
+
+
+def _standardised_basis(x, width: int, random_state: int) -> np.ndarray:
+    """``x`` z-scored per column (constant columns 0), as ``float32``; its first ``width``
+    principal components (scores, not whitened) when it has more columns. Sparse ``x`` is
+    never densified whole: its z-scored PCA centres implicitly (:func:`scanpy.pp.pca`)."""
+    import scanpy as sc
+
+    if sp_sparse.issparse(x):
+        x = sp_sparse.csr_matrix(x, dtype=np.float64)
+        mean = np.asarray(x.mean(axis=0)).ravel()
+        var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
+    else:
+        x = np.asarray(x)
+        mean = x.mean(axis=0, dtype=np.float64)
+        var = x.var(axis=0, dtype=np.float64)
+    std = np.sqrt(np.clip(var, 0.0, None))
+    inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    if x.shape[1] <= width:
+        dense = x.toarray() if sp_sparse.issparse(x) else x
+        return ((dense - mean) * inv).astype(np.float32)
+    if sp_sparse.issparse(x):
+        scaled = (x @ sp_sparse.diags(inv)).tocsr().astype(np.float32)
+    else:
+        scaled = ((x - mean) * inv).astype(np.float32)
+    pcs = sc.pp.pca(scaled, n_comps=width, zero_center=True, random_state=random_state)
     return np.asarray(pcs, dtype=np.float32)
+
+
+def _leading_components(x: np.ndarray, n_comps: int) -> np.ndarray:
+    """Scores of the first ``n_comps`` principal components of the (column-centred) ``x``,
+    from its Gram matrix accumulated in row chunks (no copy of ``x``); signs fixed so that
+    each component's largest loading is positive."""
+    gram = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+    for start in range(0, x.shape[0], _CHUNK):
+        chunk = x[start : start + _CHUNK].astype(np.float64)
+        gram += chunk.T @ chunk
+    values, vectors = np.linalg.eigh(gram)
+    vectors = vectors[:, ::-1][:, :n_comps]
+    vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    return (x @ vectors.astype(np.float32)).astype(np.float32)
+
+
+def check_expression_weight(expression_weight: object) -> None:
+    """Raise unless ``expression_weight`` is a finite non-negative number."""
+    if not is_real(expression_weight) or not np.isfinite(expression_weight) or expression_weight < 0:
+        raise ValueError(
+            "`expression_weight` must be a finite number >= 0 (0 leaves the expression out), "
+            f"got {expression_weight!r}."
+        )
 
 
 def domain_features(
@@ -59,24 +158,35 @@ def domain_features(
     *,
     hops: tuple[int, ...],
     spatial_graph_key: str,
+    n_pcs: int | None = None,
+    expression_weight: float = 3.0,
+    random_state: int = 0,
     expression: np.ndarray | None = None,
-) -> np.ndarray:
-    """The mix of both embeddings, with its neighbourhood means over ``hops`` of the
-    spatial graph side by side (the mix alone when ``hops == (0,)``); with ``expression``
-    (cells x PCs), its neighbourhood means too, weighted by ``1 - f`` (the spatial side)."""
+) -> tuple[np.ndarray, int]:
+    """The mix of both embeddings with its neighbourhood means over ``hops`` of the spatial
+    graph side by side (the mix alone when ``hops == (0,)`` and there is no expression),
+    and, on the spatial side (``f < 1``), :func:`expression_scales` with ``n_pcs``
+    components (or the precomputed ``expression``) weighted ``expression_weight * (1 - f)``
+    against the mix, both scaled to unit total variance first. Returns the features and
+    the number of expression components used (0 when none)."""
     mixed = mix_embeddings(spatial, connectome, f)
-    if hops == (0,) and expression is None:
-        return mixed
+    needs_expression = f < 1 and expression_weight > 0 and (expression is not None or bool(n_pcs))
     op = None
     if hops != (0,):
         graph = check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
         op = mean_operator(graph)  # built once for the mix and the expression
-    features = aggregate_neighbors(mixed, None, hops, operator=op)
+    features = mixed if hops == (0,) else aggregate_neighbors(mixed, None, hops, operator=op)
+    if not needs_expression:
+        return features, 0
     if expression is None:
-        return features
-    expr = aggregate_neighbors(expression, None, hops, operator=op)
-    expr *= np.float32(1.0 - f)
-    return np.hstack([features, expr]) / np.float32(np.sqrt(2.0))
+        expression = expression_scales(
+            adata, hops=hops, operator=op, n_comps=n_pcs, random_state=random_state
+        )
+    if expression is None:
+        return features, 0
+    features = features * np.float32(1.0 / max(_rms_norm(features), 1e-12))
+    weight = np.float32(expression_weight * (1.0 - f))
+    return np.hstack([features, weight * expression]), int(expression.shape[1])
 
 
 def get_embeddings(adata: AnnData, embedding_key: str = DEFAULT_KEY) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,18 @@ from scipy.optimize import linear_sum_assignment
 
 from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._spatialdata import resolve_table
-from .._utils import check_adata
+from .._utils import check_adata, check_graph
 from .._validators import check_key_added, is_real
-from ._aggregate import check_hops
+from ._aggregate import check_hops, mean_operator
 from ._cluster import _check_cluster_options
 from ._clusterers import partition, resolve_method
-from ._features import domain_features, expression_pcs, get_embeddings, mixing_weight
+from ._features import (
+    check_expression_weight,
+    domain_features,
+    expression_scales,
+    get_embeddings,
+    mixing_weight,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -56,6 +62,7 @@ def alpha_sweep(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
     n_neighbors: int = 40,
@@ -70,7 +77,7 @@ def alpha_sweep(
     defaults) of :func:`spacon.tl.cluster`. Domain numbers are matched between neighbouring
     values of ``alpha`` (Hungarian assignment on the overlap), so a domain keeps its
     number, and its colour in :func:`spacon.pl.alpha_sweep`, when it survives a change of
-    ``alpha``. The expression's principal components are computed once for all values.
+    ``alpha``. The expression's neighbourhood scales are computed once for all values.
 
     Parameters
     ----------
@@ -79,7 +86,7 @@ def alpha_sweep(
         :class:`spatialdata.SpatialData` whose table ``table_key`` has them.
     alphas
         Values of ``alpha`` in [0, 1].
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, embedding_key, spatial_graph_key, n_neighbors, random_state
+    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_weight, embedding_key, spatial_graph_key, n_neighbors, random_state
         As in :func:`spacon.tl.cluster` (the same defaults); ``n_clusters="auto"`` is not
         offered here (choose k once with :func:`spacon.tl.cluster`).
     key_added
@@ -128,22 +135,34 @@ def alpha_sweep(
         )
     check_key_added(key_added)
     hops = check_hops(hops)
+    check_expression_weight(expression_weight)
     spatial, connectome = get_embeddings(adata, embedding_key)
     method = resolve_method(method, n_clusters)
-    expression = expression_pcs(adata, n_pcs, int(random_state))
+    expression = None
+    if any(mixing_weight(a, alpha_scale) < 1 for a in alphas):  # the same at every alpha
+        expression = expression_scales(
+            adata,
+            hops=hops,
+            operator=mean_operator(
+                check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
+            ) if hops != (0,) else None,
+            n_comps=n_pcs,
+            random_state=int(random_state),
+        )
 
     start = logg.info(f"clustering at alpha = {alphas} ({method})")
     results, weights, previous = [], [], None
     for alpha in alphas:
         f = mixing_weight(alpha, alpha_scale)
-        features = domain_features(
+        features, _ = domain_features(
             adata,
             spatial,
             connectome,
             f,
             hops=hops,
             spatial_graph_key=spatial_graph_key,
-            expression=None if f >= 1 else expression,
+            expression_weight=expression_weight,
+            expression=expression,
         )
         labels = partition(
             features,
@@ -176,6 +195,7 @@ def alpha_sweep(
             "method": method,
             "hops": list(hops),
             "n_pcs": 0 if expression is None else int(expression.shape[1]),
+            "expression_weight": float(expression_weight),
             "embedding_key": embedding_key,
             "resolution": float(resolution),
             "random_state": int(random_state),
