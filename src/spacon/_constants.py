@@ -14,7 +14,9 @@ from typing import NamedTuple
 DEFAULT_KEY = "spacon"
 #: Neighbourhood scales added to the mix by default (hops of the spatial graph), chosen on
 #: the development sets of ``benchmarks/domains.py``.
-DEFAULT_HOPS = (0, 1, 2, 4, 8, 16)
+DEFAULT_HOPS = (0, 8)
+#: Neighbourhood scales of the expression beside the mix by default (same choice).
+DEFAULT_EXPRESSION_HOPS = (0, 1, 2, 4, 8, 16)
 
 
 class EmbeddingKeys(NamedTuple):

@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import spacon as sp
 from spacon import Key
-from spacon._constants import DEFAULT_HOPS
+from spacon._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS
 from spacon.tl._aggregate import aggregate_neighbors, check_hops, mean_operator
 
 
@@ -112,7 +112,8 @@ def test_hops_need_the_spatial_graph_and_leave_adata_unchanged():
         sorted(adata.obsm.keys()),
         sorted(adata.uns.keys()),
     ) == before
-    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=None)  # the mix alone needs no graph
+    # the mix and the cells' own expression need no graph
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=None, expression_hops=None)
     assert adata.uns[Key.obs.domains]["params"]["hops"] == [0]
 
 
@@ -152,6 +153,12 @@ def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
     for bad in (-1.0, float("nan"), "3"):
         with pytest.raises(ValueError, match="expression_weight"):
             sp.tl.cluster(adata, alpha=0.0, n_clusters=4, expression_weight=bad)
+    for bad in ((-1,), "0, 8", ()):
+        with pytest.raises(ValueError, match="expression_hops"):
+            sp.tl.cluster(adata, alpha=0.0, n_clusters=4, expression_hops=bad)
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=5, expression_hops=[4, 0], key_added="eh")
+    assert adata.uns["eh"]["params"]["expression_hops"] == [0, 4]
+    assert adata.uns["expr"]["params"]["expression_hops"] == list(DEFAULT_EXPRESSION_HOPS)
 
 
 def _scales(adata, n_comps=3, hops=(0,)):
@@ -180,13 +187,17 @@ def test_expression_block_honours_highly_variable_genes():
     )
 
 
-@pytest.mark.parametrize("max_basis", [200, 6])
-def test_expression_scales_read_sparse_expression_as_dense(monkeypatch, max_basis):
+@pytest.mark.parametrize(("max_basis", "max_covariance"), [(200, 4096), (6, 4096), (6, 10)])
+def test_expression_scales_read_sparse_expression_as_dense(
+    monkeypatch, max_basis, max_covariance
+):
+    """Whole features, a basis from the covariance, or from scanpy's PCA (wide data)."""
     import scipy.sparse as sp_sparse
 
     from spacon.tl import _features
 
     monkeypatch.setattr(_features, "MAX_BASIS", max_basis)
+    monkeypatch.setattr(_features, "_MAX_COVARIANCE", max_covariance)
     base = _noisy_quadrants()
     rng = np.random.default_rng(3)
     x = rng.poisson(1.0, size=(base.n_obs, 15)).astype(np.float32)
@@ -240,8 +251,11 @@ def test_domains_made_of_mixed_cell_types_are_found_from_their_surroundings():
     for key in (Key.obsm.spatial_embedding, Key.obsm.connectome_embedding):
         adata.obsm[key] = x[:, :6]  # an "embedding" that knows the cell types only
     sp.tl.cluster(adata, alpha=0.0, n_clusters=4, key_added="default")
-    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=(0, 8), key_added="two")
-    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=None, key_added="cells")
-    ari = {k: adjusted_rand_score(domain, adata.obs[k]) for k in ("default", "two", "cells")}
-    # measured: 0.74 with the default scales, 0.13 with (0, 8) only, 0.09 from single cells
-    assert ari["cells"] < 0.2 and ari["two"] < 0.4 and ari["default"] > 0.6, ari
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=None, key_added="mix")
+    sp.tl.cluster(
+        adata, alpha=0.0, n_clusters=4, hops=None, expression_hops=None, key_added="cells"
+    )
+    ari = {k: adjusted_rand_score(domain, adata.obs[k]) for k in ("default", "mix", "cells")}
+    # measured: 0.71 with the expression's scales, 0.13 with the mix's alone, 0.09 from
+    # single cells
+    assert ari["cells"] < 0.2 and ari["mix"] < 0.4 and ari["default"] > 0.6, ari

@@ -12,7 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import tl
-from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._utils import check_adata, get_coordinates
 from . import _utils as u
 
@@ -28,6 +28,7 @@ def alpha_sweep(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
     expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
@@ -60,7 +61,7 @@ def alpha_sweep(
         Annotated data with both embeddings (:func:`spacon.tl.embed`) and coordinates.
     alphas
         Values of ``alpha`` in [0, 1], one panel each.
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_weight, embedding_key, spatial_graph_key, n_neighbors
+    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors
         As in :func:`spacon.tl.cluster` (the same defaults).
     random_state
         As in :func:`spacon.tl.cluster`.
@@ -106,6 +107,7 @@ def alpha_sweep(
         method=method,
         hops=hops,
         n_pcs=n_pcs,
+        expression_hops=expression_hops,
         expression_weight=expression_weight,
         embedding_key=embedding_key,
         spatial_graph_key=spatial_graph_key,

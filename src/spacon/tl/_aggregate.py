@@ -19,16 +19,17 @@ def mean_operator(graph: sp_sparse.spmatrix | sp_sparse.sparray) -> sp_sparse.cs
     return sp_sparse.csr_matrix(sp_sparse.diags(1.0 / degree) @ graph)
 
 
-def check_hops(hops: object) -> tuple[int, ...]:
-    """``hops`` as a sorted tuple of distinct non-negative ints (``None`` means ``(0,)``)."""
+def check_hops(hops: object, *, name: str = "hops") -> tuple[int, ...]:
+    """``hops`` as a sorted tuple of distinct non-negative ints (``None`` means ``(0,)``);
+    ``name`` is the option named in errors."""
     if hops is None:
         return (0,)
     if isinstance(hops, (str, bytes)) or not isinstance(hops, Sequence) or not hops:
-        raise ValueError(f"`hops` must be a list of hop counts such as (0, 8), got {hops!r}.")
+        raise ValueError(f"`{name}` must be a list of hop counts such as (0, 8), got {hops!r}.")
     if not all(
         isinstance(h, int | np.integer) and not isinstance(h, bool) and h >= 0 for h in hops
     ):
-        raise ValueError(f"`hops` must be non-negative integers, got {hops!r}.")
+        raise ValueError(f"`{name}` must be non-negative integers, got {hops!r}.")
     return tuple(sorted({int(h) for h in hops}))
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, is_int, is_real
@@ -106,6 +106,7 @@ def cluster(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
     expression_weight: float = 3.0,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     embedding_key: str = DEFAULT_KEY,
@@ -124,9 +125,8 @@ def cluster(
     z-scored per column and mixed as ``X = f * connectome + (1 - f) * spatial``; the mix is
     then averaged over its neighbourhood at several scales (``hops``) and the scales are
     put side by side, so that a cell is described by itself and by its surroundings; on
-    the spatial side the expression, taken at the same scales, joins them (``n_pcs``,
-    ``expression_weight``). With
-    ``alpha_scale="exponential"`` (the published scale) ``f = (exp(-4 alpha) - 1) /
+    the spatial side the expression, taken at its own scales, joins them (``n_pcs``,
+    ``expression_hops``, ``expression_weight``). With ``alpha_scale="exponential"`` (the published scale) ``f = (exp(-4 alpha) - 1) /
     (exp(-4) - 1)``, which is far from linear: alpha = 0.1, 0.25, 0.5, 0.75 give
     f = 0.34, 0.64, 0.88, 0.97. ``alpha_scale="linear"`` uses ``f = alpha``. A kNN graph
     of the mix is built (:func:`scanpy.pp.neighbors`) and clustered with Leiden (igraph,
@@ -173,14 +173,14 @@ def cluster(
         that k-means splits (osmFISH cortex over 10 seeds: ARI 0.59 with k-means, 0.62
         with the mixture; :doc:`/benchmarks`).
     hops
-        Neighbourhood scales: for each ``h``, the mix averaged over ``h`` hops of the spatial
-        graph (row-normalised, with self-loops), z-scored; the blocks are put side by side,
-        each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself. The expression
-        (``n_pcs``) is taken at the same scales. Thin domains (cortical layers) are served
-        by few hops, large nuclei made of several cell types by many; the default
-        ``(0, 1, 2, 4, 8, 16)`` serves both and was chosen over every development set of
-        the :doc:`/benchmarks`. ``(0,)`` or ``None`` clusters the mix (and the cells' own
-        expression) alone, as the published method does. Cost: ``max(hops)`` sparse
+        Neighbourhood scales of the mix: for each ``h``, the mix averaged over ``h`` hops of
+        the spatial graph (row-normalised, with self-loops), z-scored; the blocks are put
+        side by side, each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself.
+        ``(0,)`` or ``None`` clusters the mix alone, as the published method does. The
+        default ``(0, 8)`` was chosen over the development sets of the :doc:`/benchmarks`
+        (hypothalamus ARI 0.28 -> 0.35 with the other sets unchanged); more scales blur
+        the connectome's domains at ``alpha=1`` on the synthetic whole brain (ARI 0.997
+        -> 0.849 with ``(0, 1, 2, 4, 8, 16)`` at 10^6 cells). Cost: ``max(hops)`` sparse
         products with the graph.
     n_pcs
         Components of the expression's neighbourhood scales put beside the mix on its
@@ -188,19 +188,25 @@ def cluster(
         ``adata.var["highly_variable"]`` marks some, as :func:`scanpy.pp.pca` does) are
         z-scored (reduced to their first 200 principal components when wider, fewer above
         about 200,000 cells to hold the scales within about 1 GB), averaged over every
-        scale of ``hops``, each scale brought to unit total variance, and the scales side by
-        side reduced to ``n_pcs`` principal components. Averaging before reducing keeps
-        what single cells barely show and neighbourhoods do: a domain made of several cell
-        types. ``None`` or ``0`` leaves the expression out (also when ``adata`` holds no
-        ``X``).
+        scale of ``expression_hops``, each scale brought to unit total variance, and the
+        scales side by side reduced to ``n_pcs`` principal components. Averaging before
+        reducing keeps what single cells barely show and neighbourhoods do: a domain made
+        of several cell types. ``None`` or ``0`` leaves the expression out (also when
+        ``adata`` holds no ``X``).
+    expression_hops
+        Neighbourhood scales of the expression (as ``hops``). Thin domains (cortical
+        layers) are served by few hops, large nuclei made of several cell types by many;
+        the default ``(0, 1, 2, 4, 8, 16)`` serves both and was chosen over the
+        development sets of the :doc:`/benchmarks` (hypothalamus ARI 0.38 -> 0.50).
+        ``(0,)`` or ``None``: the cells' own expression only.
     expression_weight
         Weight of the expression block against the mix, times ``1 - f``: both are
         brought to unit total variance, then the expression is multiplied by
         ``expression_weight * (1 - f)``, so it vanishes at ``alpha=1``. The encoders
         compress the expression through three rounds of attention; at ``alpha=0`` the
-        expression's scales carry the domains better than the embedding on real tissue,
-        and the embedding keeps a third of the weight (:doc:`/benchmarks`). ``0`` leaves
-        the expression out.
+        expression's scales carry the domains better than the embedding on real tissue
+        (:doc:`/benchmarks`), and the mix keeps weight 1 against 3. ``0`` leaves the
+        expression out.
     k_range
         ``(k_min, k_max)``, the candidates of ``n_clusters="auto"`` (inclusive).
     embedding_key
@@ -244,7 +250,7 @@ def cluster(
     "1", ..., "0" the largest domain), for Leiden and Louvain the neighbour graph under
     ``neighbors_key``, and ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``,
     the ``method`` used, ``hops``, ``n_pcs`` used (0 without expression),
-    ``expression_weight``, ``features_key``, final ``resolution`` (unused by
+    ``expression_hops``, ``expression_weight``, ``features_key``, final ``resolution`` (unused by
     k-means and the mixture), ``n_clusters`` found, ``random_state``, ``n_neighbors`` and
     ``neighbors_key`` when a graph was built, ``embedding_key``, and, when ``n_clusters``
     was given, ``n_clusters_requested``; with ``"auto"`` also ``k_range``, and the
@@ -284,6 +290,7 @@ def cluster(
         neighbors_key = f"{key_added}_neighbors"
     check_key_added(neighbors_key, name="neighbors_key")
     hops = check_hops(hops)
+    expression_hops = check_hops(expression_hops, name="expression_hops")
     if n_pcs is not None and (not is_int(n_pcs) or n_pcs < 0):
         raise ValueError(f"`n_pcs` must be a non-negative integer or None, got {n_pcs!r}.")
     check_expression_weight(expression_weight)
@@ -299,6 +306,7 @@ def cluster(
         f,
         hops=hops,
         spatial_graph_key=spatial_graph_key,
+        expression_hops=expression_hops,
         n_pcs=n_pcs,
         expression_weight=expression_weight,
         random_state=int(random_state),
@@ -352,6 +360,7 @@ def cluster(
         "method": method,
         "hops": list(hops),
         "n_pcs": n_expression,
+        "expression_hops": list(expression_hops),
         "expression_weight": float(expression_weight),
         "embedding_key": embedding_key,
         "features_key": features_key,

@@ -63,7 +63,7 @@ def expression_scales(
     made of several cell types). ``None`` when ``n_comps`` is ``None``/0 or ``adata``
     holds no expression.
     """
-    if not n_comps or adata.X is None or adata.n_vars < 2:
+    if not n_comps or not has_expression(adata):
         return None
     x = adata.X
     if "highly_variable" in adata.var:
@@ -87,6 +87,11 @@ def expression_scales(
     return scores * np.float32(1.0 / max(_rms_norm(scores), 1e-12))
 
 
+def has_expression(adata: AnnData) -> bool:
+    """Whether ``adata.X`` holds expression to put beside the mix (2 features or more)."""
+    return adata.X is not None and adata.n_vars >= 2
+
+
 def _rms_norm(x: np.ndarray) -> float:
     """Root mean square of the rows' Euclidean norms (the square root of the total variance
     of centred ``x``)."""
@@ -100,31 +105,85 @@ def _rms_norm(x: np.ndarray) -> float:
 _CHUNK = 65_536
 
 
+def _column_moments(x) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each column of dense or sparse ``x``, accumulated in
+    ``float64`` over row chunks (no full-size temporary)."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    squares = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, x.shape[0], _CHUNK):
+        chunk = x[start : start + _CHUNK]
+        if sp_sparse.issparse(chunk):
+            chunk = sp_sparse.csr_matrix(chunk, dtype=np.float64)
+            total += np.asarray(chunk.sum(axis=0)).ravel()
+            squares += np.asarray(chunk.multiply(chunk).sum(axis=0)).ravel()
+        else:
+            chunk = np.asarray(chunk, dtype=np.float64)
+            total += chunk.sum(axis=0)
+            squares += np.einsum("ij,ij->j", chunk, chunk)
+    mean = total / x.shape[0]
+    std = np.sqrt(np.clip(squares / x.shape[0] - mean**2, 0.0, None))
+    return mean, std
+
+
+#: Widest feature set whose covariance the basis is computed from (128 MB in float64);
+#: wider data go through :func:`scanpy.pp.pca`.
+_MAX_COVARIANCE = 4096
+
+
 def _standardised_basis(x, width: int, random_state: int) -> np.ndarray:
     """``x`` z-scored per column (constant columns 0), as ``float32``; its first ``width``
-    principal components (scores, not whitened) when it has more columns. Sparse ``x`` is
-    never densified whole: its z-scored PCA centres implicitly (:func:`scanpy.pp.pca`)."""
+    principal components (scores, not whitened) when it has more columns. The components
+    come from the covariance, accumulated over row chunks, up to :data:`_MAX_COVARIANCE`
+    columns (exact and deterministic); wider sparse ``x`` is never densified whole: its
+    z-scored PCA centres implicitly (:func:`scanpy.pp.pca`)."""
+    mean, std = _column_moments(x)
+    inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    sparse = sp_sparse.issparse(x)
+    if x.shape[1] <= width:
+        dense = np.empty(x.shape, dtype=np.float32)
+        for start, chunk in _row_chunks(x):
+            dense[start : start + chunk.shape[0]] = (chunk - mean) * inv
+        return dense
+    if x.shape[1] <= _MAX_COVARIANCE:
+        gram = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+        for _, chunk in _row_chunks(x, dense=False):
+            product = chunk.T @ chunk
+            gram += product.toarray() if sp_sparse.issparse(product) else product
+        covariance = (gram / x.shape[0] - np.outer(mean, mean)) * np.outer(inv, inv)
+        _, vectors = np.linalg.eigh(covariance)
+        loadings = vectors[:, ::-1][:, :width] * inv[:, None]  # applied to x - mean
+        offset = mean @ loadings
+        scores = np.empty((x.shape[0], width), dtype=np.float32)
+        for start, chunk in _row_chunks(x, dense=False):
+            scores[start : start + chunk.shape[0]] = chunk @ loadings - offset
+        return scores
     import scanpy as sc
 
-    if sp_sparse.issparse(x):
-        x = sp_sparse.csr_matrix(x, dtype=np.float64)
-        mean = np.asarray(x.mean(axis=0)).ravel()
-        var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean**2
+    inv32 = inv.astype(np.float32)
+    if sparse:
+        x = sp_sparse.csr_matrix(x)
+        scaled = sp_sparse.csr_matrix(
+            (x.data.astype(np.float32) * inv32[x.indices], x.indices, x.indptr), shape=x.shape
+        )
     else:
-        x = np.asarray(x)
-        mean = x.mean(axis=0, dtype=np.float64)
-        var = x.var(axis=0, dtype=np.float64)
-    std = np.sqrt(np.clip(var, 0.0, None))
-    inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-    if x.shape[1] <= width:
-        dense = x.toarray() if sp_sparse.issparse(x) else x
-        return ((dense - mean) * inv).astype(np.float32)
-    if sp_sparse.issparse(x):
-        scaled = (x @ sp_sparse.diags(inv)).tocsr().astype(np.float32)
-    else:
-        scaled = ((x - mean) * inv).astype(np.float32)
+        scaled = np.empty(x.shape, dtype=np.float32)
+        for start, chunk in _row_chunks(x):
+            scaled[start : start + chunk.shape[0]] = (chunk - mean) * inv
     pcs = sc.pp.pca(scaled, n_comps=width, zero_center=True, random_state=random_state)
     return np.asarray(pcs, dtype=np.float32)
+
+
+def _row_chunks(x, *, dense: bool = True):
+    """``(start, rows)`` over row chunks of dense or sparse ``x`` (at most about 16 million
+    values each), as ``float64`` arrays (sparse chunks stay CSR when ``dense=False``)."""
+    rows = int(np.clip(2**24 // max(x.shape[1], 1), 1024, _CHUNK))
+    for start in range(0, x.shape[0], rows):
+        chunk = x[start : start + rows]
+        if sp_sparse.issparse(chunk):
+            chunk = sp_sparse.csr_matrix(chunk, dtype=np.float64)
+            yield start, chunk.toarray() if dense else chunk
+        else:
+            yield start, np.asarray(chunk, dtype=np.float64)
 
 
 def _leading_components(x: np.ndarray, n_comps: int) -> np.ndarray:
@@ -158,6 +217,7 @@ def domain_features(
     *,
     hops: tuple[int, ...],
     spatial_graph_key: str,
+    expression_hops: tuple[int, ...] = (0,),
     n_pcs: int | None = None,
     expression_weight: float = 3.0,
     random_state: int = 0,
@@ -165,14 +225,18 @@ def domain_features(
 ) -> tuple[np.ndarray, int]:
     """The mix of both embeddings with its neighbourhood means over ``hops`` of the spatial
     graph side by side (the mix alone when ``hops == (0,)`` and there is no expression),
-    and, on the spatial side (``f < 1``), :func:`expression_scales` with ``n_pcs``
-    components (or the precomputed ``expression``) weighted ``expression_weight * (1 - f)``
+    and, on the spatial side (``f < 1``), :func:`expression_scales` over ``expression_hops``
+    with ``n_pcs`` components (or the precomputed ``expression``) weighted ``expression_weight * (1 - f)``
     against the mix, both scaled to unit total variance first. Returns the features and
     the number of expression components used (0 when none)."""
     mixed = mix_embeddings(spatial, connectome, f)
-    needs_expression = f < 1 and expression_weight > 0 and (expression is not None or bool(n_pcs))
+    needs_expression = (
+        f < 1
+        and expression_weight > 0
+        and (expression is not None or (bool(n_pcs) and has_expression(adata)))
+    )
     op = None
-    if hops != (0,):
+    if hops != (0,) or (needs_expression and expression is None and expression_hops != (0,)):
         graph = check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
         op = mean_operator(graph)  # built once for the mix and the expression
     features = mixed if hops == (0,) else aggregate_neighbors(mixed, None, hops, operator=op)
@@ -180,7 +244,7 @@ def domain_features(
         return features, 0
     if expression is None:
         expression = expression_scales(
-            adata, hops=hops, operator=op, n_comps=n_pcs, random_state=random_state
+            adata, hops=expression_hops, operator=op, n_comps=n_pcs, random_state=random_state
         )
     if expression is None:
         return features, 0

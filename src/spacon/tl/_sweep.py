@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy.optimize import linear_sum_assignment
 
-from .._constants import DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata, check_graph
 from .._validators import check_key_added, is_real
@@ -23,6 +23,7 @@ from ._features import (
     domain_features,
     expression_scales,
     get_embeddings,
+    has_expression,
     mixing_weight,
 )
 
@@ -62,6 +63,7 @@ def alpha_sweep(
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
+    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
     expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
@@ -86,7 +88,7 @@ def alpha_sweep(
         :class:`spatialdata.SpatialData` whose table ``table_key`` has them.
     alphas
         Values of ``alpha`` in [0, 1].
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_weight, embedding_key, spatial_graph_key, n_neighbors, random_state
+    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors, random_state
         As in :func:`spacon.tl.cluster` (the same defaults); ``n_clusters="auto"`` is not
         offered here (choose k once with :func:`spacon.tl.cluster`).
     key_added
@@ -135,17 +137,24 @@ def alpha_sweep(
         )
     check_key_added(key_added)
     hops = check_hops(hops)
+    expression_hops = check_hops(expression_hops, name="expression_hops")
     check_expression_weight(expression_weight)
     spatial, connectome = get_embeddings(adata, embedding_key)
     method = resolve_method(method, n_clusters)
     expression = None
-    if any(mixing_weight(a, alpha_scale) < 1 for a in alphas):  # the same at every alpha
+    if (
+        expression_weight > 0
+        and n_pcs
+        and has_expression(adata)
+        and any(mixing_weight(a, alpha_scale) < 1 for a in alphas)
+    ):
+        # the same at every alpha: computed once
         expression = expression_scales(
             adata,
-            hops=hops,
+            hops=expression_hops,
             operator=mean_operator(
                 check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
-            ) if hops != (0,) else None,
+            ) if expression_hops != (0,) else None,
             n_comps=n_pcs,
             random_state=int(random_state),
         )
@@ -195,6 +204,7 @@ def alpha_sweep(
             "method": method,
             "hops": list(hops),
             "n_pcs": 0 if expression is None else int(expression.shape[1]),
+            "expression_hops": list(expression_hops),
             "expression_weight": float(expression_weight),
             "embedding_key": embedding_key,
             "resolution": float(resolution),
