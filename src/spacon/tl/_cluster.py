@@ -197,7 +197,7 @@ def cluster(
         Neighbourhood scales of the expression (as ``hops``). Thin domains (cortical
         layers) are served by few hops, large nuclei made of several cell types by many;
         the default ``(0, 1, 2, 4, 8, 16)`` serves both and was chosen over the
-        development sets of the :doc:`/benchmarks` (hypothalamus ARI 0.38 -> 0.50).
+        development sets of the :doc:`/benchmarks` (hypothalamus ARI 0.38 -> 0.48).
         ``(0,)`` or ``None``: the cells' own expression only.
     expression_weight
         Weight of the expression block against the mix, times ``1 - f``: both are
