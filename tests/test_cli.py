@@ -177,7 +177,7 @@ def test_help_shows_defaults(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "obsm key of the coordinates (default: spatial)" in text
-    assert "(default: 1.0)" in text  # --alpha
+    assert "(default: 1 with a connectome, 0 without)" in text  # --alpha
     assert "--use-rep" in text and "--hidden-dims" in text
     assert "(default: None)" not in text and "(default: False)" not in text
 

@@ -137,7 +137,9 @@ def _add_budget(parser: argparse.ArgumentParser) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--alpha", type=float, default=1.0, help="0 = spatial, 1 = connectome")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="0 = spatial, 1 = connectome (default: 1 with a connectome, "
+                             "0 without)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--n-clusters", type=int, default=None, help="number of domains (default: Leiden decides)"
@@ -314,6 +316,8 @@ def _demo(args: argparse.Namespace) -> int:
     _check_out(args.out)
     adata = datasets.flatmap(n_spots=args.n_spots, random_state=args.seed)
     fc = adata.obsp.pop("functional_connectivity")
+    if args.alpha is None:
+        args.alpha = 1.0  # the demo has a connectome
     options = _cluster_options(args)
     if args.n_clusters is None and args.resolution is None:
         truth = "network" if args.alpha >= 0.5 else "area"
@@ -378,9 +382,8 @@ def _run(args: argparse.Namespace) -> int:
         **options,
     )
     key = Key.refined(Key.obs.domains) if args.refine else Key.obs.domains
-    written = _write_outputs(
-        adata, args.out, key=key, stem=args.data.stem + "_spacon", alpha=args.alpha
-    )
+    alpha = adata.uns[Key.obs.domains]["params"]["alpha"]  # as resolved by the one-liner
+    written = _write_outputs(adata, args.out, key=key, stem=args.data.stem + "_spacon", alpha=alpha)
     written.insert(1, model_dir)
     print(f"{adata.n_obs} cells, {adata.obs[key].nunique()} domains; wrote:")
     for path in written:

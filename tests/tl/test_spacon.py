@@ -54,6 +54,23 @@ def test_one_liner_spatial_only_mode_and_copy(small_flatmap, caplog):
     assert Key.obs.domains not in bare.obs
 
 
+def test_one_liner_default_alpha_follows_the_mode(small_flatmap):
+    """alpha=None: 0 in spatial-only mode (the expression's scales count), 1 with fc."""
+    adata, fc = small_flatmap
+    quick = {"n_epochs": 2, "progress": False}
+    spatial_only = sp.tl.spacon(adata, n_clusters=4, copy=True, train_kwargs=quick)
+    params = spatial_only.uns[Key.obs.domains]["params"]
+    assert params["alpha"] == 0.0 and params["n_pcs"] == 20
+    with_fc = sp.tl.spacon(
+        adata, fc, n_clusters=4, copy=True, train_kwargs=quick,
+        connectivity_kwargs={"threshold": 0.8, "top_k": 0.1},
+    )
+    params = with_fc.uns[Key.obs.domains]["params"]
+    assert params["alpha"] == 1.0 and params["n_pcs"] == 0
+    explicit = sp.tl.spacon(adata, alpha=0.5, n_clusters=4, copy=True, train_kwargs=quick)
+    assert explicit.uns[Key.obs.domains]["params"]["alpha"] == 0.5
+
+
 def test_one_liner_failure_leaves_adata_unchanged(small_flatmap):
     adata, fc = small_flatmap
     adata = adata.copy()

@@ -30,7 +30,7 @@ def spacon(
     adata: AnnData | SpatialData,
     fc: Any = None,
     *,
-    alpha: float = 1.0,
+    alpha: float | None = None,
     n_clusters: int | None = None,
     resolution: float = 1.0,
     refine: bool = False,
@@ -69,7 +69,10 @@ def spacon(
         correlation matrix works as it is: its negative entries are dropped (never edges),
         with a log line.
     alpha
-        Weight of the connectome embedding, see :func:`spacon.tl.cluster`.
+        Weight of the connectome embedding, see :func:`spacon.tl.cluster`. ``None``: 1
+        with a connectome; 0 in spatial-only mode, where both encoders read the spatial
+        graph and ``alpha=0`` lets the expression's neighbourhood scales in (they are
+        weighted by ``1 - f``).
     n_clusters
         Number of domains (a Gaussian mixture on the mix by default, see
         :func:`spacon.tl.cluster`).
@@ -132,7 +135,9 @@ def spacon(
         ("train_kwargs", train_kwargs),
     ):
         _check_kwargs(name, options)
-    cluster_options = _check_early(adata, alpha, n_clusters, resolution, refine, cluster_kwargs)
+    cluster_options = _check_early(
+        adata, 1.0 if alpha is None else alpha, n_clusters, resolution, refine, cluster_kwargs
+    )
     adata = adata.copy() if copy else adata
     start = logg.info("running spacon")
     with rollback_on_error(adata):
@@ -157,6 +162,9 @@ def spacon(
             options = {"spatial_key": spatial_key, **dict(connectivity_kwargs or {})}
             pp.connectivity(adata, fc, **options)
         connectome_key = connectome_key_or_spatial(adata, fc_given=fc is not None)
+        if alpha is None:
+            alpha = 0.0 if connectome_key == Key.obsp.spatial_connectivities else 1.0
+            logg.info(f"    alpha={alpha:g} (the default {_MODE[alpha]})")
         options = {"random_state": random_state, **dict(train_kwargs or {}), "embed": True}
         model = train(adata, connectome_graph_key=connectome_key, **options)
         cluster(
@@ -175,6 +183,9 @@ def spacon(
     logg.info("    finished spacon", time=start)
     return adata if copy else None
 
+
+#: What ``alpha=None`` resolves to, in words for the log.
+_MODE = {0.0: "of spatial-only mode", 1.0: "with a connectome"}
 
 #: The ``*_kwargs`` of :func:`spacon`: the function they go to (its public name and its
 #: parameters, read once) and the options ``spacon`` sets itself.
