@@ -259,3 +259,54 @@ def test_domains_made_of_mixed_cell_types_are_found_from_their_surroundings():
     # measured: 0.71 with the expression's scales, 0.13 with the mix's alone, 0.09 from
     # single cells
     assert ari["cells"] < 0.2 and ari["mix"] < 0.4 and ari["default"] > 0.6, ari
+
+
+def test_expression_scales_on_edge_inputs(monkeypatch):
+    """Few cells and wide data, constant or non-finite features, large offsets."""
+    from spacon.tl import _features
+
+    base = _noisy_quadrants()
+    rng = np.random.default_rng(6)
+    few = ad.AnnData(X=rng.normal(size=(12, 30)).astype(np.float32))
+    monkeypatch.setattr(_features, "_MAX_COVARIANCE", 10)  # scanpy's PCA, 12 cells
+    assert _scales(few, 5).shape == (12, 5)
+    monkeypatch.undo()
+    # every feature constant: no expression block, and n_pcs records it
+    flat = ad.AnnData(X=np.ones((base.n_obs, 4), np.float32), obsm=dict(base.obsm),
+                      obsp=dict(base.obsp))
+    assert _scales(flat) is None
+    sp.tl.cluster(flat, alpha=0.0, n_clusters=4, key_added="flat")
+    assert flat.uns["flat"]["params"]["n_pcs"] == 0
+    # NaN in X: an error that names adata.X and the way out
+    bad = ad.AnnData(X=rng.normal(size=(base.n_obs, 4)).astype(np.float32),
+                     obsm=dict(base.obsm), obsp=dict(base.obsp))
+    bad.X[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"adata\.X.*n_pcs=None"):
+        sp.tl.cluster(bad, alpha=0.0, n_clusters=4)
+    assert "spacon" not in bad.obs
+    # a large offset does not cancel the variance: same scores as without it
+    x = rng.normal(size=(base.n_obs, 6))
+    near = _scales(ad.AnnData(X=x, obsp=dict(base.obsp)), 3, (0, 2))
+    far = _scales(ad.AnnData(X=x + 1e7, obsp=dict(base.obsp)), 3, (0, 2))
+    np.testing.assert_allclose(np.abs(near), np.abs(far), atol=1e-3)
+
+
+def test_expression_options_checked_and_graph_named():
+    base = _noisy_quadrants()
+    adata = ad.AnnData(
+        X=np.random.default_rng(7).normal(size=(base.n_obs, 8)).astype(np.float32),
+        obs=base.obs, obsm=dict(base.obsm), obsp=dict(base.obsp),
+    )
+    with pytest.raises(ValueError, match="expression_weight"):
+        sp.tl.cluster(adata, alpha=0.0, n_clusters=4, expression_weight=1e308)
+    for bad in (-1, 2.5, "5", True):
+        with pytest.raises(ValueError, match="n_pcs"):
+            sp.tl.alpha_sweep(adata, alphas=[0.0], n_clusters=4, n_pcs=bad)
+    del adata.obsp[Key.obsp.spatial_connectivities]
+    with pytest.raises(KeyError, match=r"`expression_hops=None`"):
+        sp.tl.cluster(adata, alpha=0.0, n_clusters=4, hops=None)
+    with pytest.raises(KeyError, match=r"`hops=None` and `expression_hops=None`"):
+        sp.tl.cluster(adata, alpha=0.0, n_clusters=4)
+    with pytest.raises(KeyError, match=r"`expression_hops=None`"):
+        sp.tl.alpha_sweep(adata, alphas=[0.0], n_clusters=4, hops=None)
+    sp.tl.alpha_sweep(adata, alphas=[0.0], n_clusters=4, hops=None, expression_hops=None)

@@ -71,6 +71,19 @@ def test_one_liner_default_alpha_follows_the_mode(small_flatmap):
     assert explicit.uns[Key.obs.domains]["params"]["alpha"] == 0.5
 
 
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"expression_weight": -1}, "expression_weight"), ({"n_pcs": -2}, "n_pcs"),
+     ({"expression_hops": "0, 8"}, "expression_hops"), ({"hops": [-1]}, "hops")],
+)
+def test_one_liner_checks_feature_options_before_training(small_flatmap, option, match):
+    adata, _ = small_flatmap
+    adata = adata.copy()
+    with pytest.raises(ValueError, match=match):
+        sp.tl.spacon(adata, n_clusters=4, cluster_kwargs=option)
+    assert Key.obsp.spatial_connectivities not in adata.obsp  # failed before the graphs
+
+
 def test_one_liner_failure_leaves_adata_unchanged(small_flatmap):
     adata, fc = small_flatmap
     adata = adata.copy()

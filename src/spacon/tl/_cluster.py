@@ -30,6 +30,7 @@ from ._clusterers import (
 )
 from ._features import (
     check_expression_weight,
+    check_n_pcs,
     domain_features,
     get_embeddings,
     mixing_weight,
@@ -176,7 +177,8 @@ def cluster(
         Neighbourhood scales of the mix: for each ``h``, the mix averaged over ``h`` hops of
         the spatial graph (row-normalised, with self-loops), z-scored; the blocks are put
         side by side, each scaled by ``1/sqrt(len(hops))``. ``0`` is the mix itself.
-        ``(0,)`` or ``None`` clusters the mix alone, as the published method does. The
+        ``(0,)`` or ``None``: the mix alone (with ``n_pcs=None`` too, the published
+        method's features). The
         default ``(0, 8)`` was chosen over the development sets of the :doc:`/benchmarks`
         (hypothalamus ARI 0.28 -> 0.35 with the other sets unchanged); more scales blur
         the connectome's domains at ``alpha=1`` on the synthetic whole brain (ARI 0.997
@@ -187,9 +189,10 @@ def cluster(
         spatial side: the features of ``adata.X`` (only the highly variable ones when
         ``adata.var["highly_variable"]`` marks some, as :func:`scanpy.pp.pca` does) are
         z-scored (reduced to their first 200 principal components when wider, fewer above
-        about 200,000 cells to hold the scales within about 1 GB), averaged over every
+        about 200,000 cells), averaged over every
         scale of ``expression_hops``, each scale brought to unit total variance, and the
-        scales side by side reduced to ``n_pcs`` principal components. Averaging before
+        scales side by side reduced to ``n_pcs`` principal components (the basis stays
+        within about 1 GB up to some 2 million cells; above, it keeps ``n_pcs`` columns). Averaging before
         reducing keeps what single cells barely show and neighbourhoods do: a domain made
         of several cell types. ``None`` or ``0`` leaves the expression out (also when
         ``adata`` holds no ``X``).
@@ -291,8 +294,7 @@ def cluster(
     check_key_added(neighbors_key, name="neighbors_key")
     hops = check_hops(hops)
     expression_hops = check_hops(expression_hops, name="expression_hops")
-    if n_pcs is not None and (not is_int(n_pcs) or n_pcs < 0):
-        raise ValueError(f"`n_pcs` must be a non-negative integer or None, got {n_pcs!r}.")
+    check_n_pcs(n_pcs)
     check_expression_weight(expression_weight)
     spatial, connectome = get_embeddings(adata, embedding_key)
 

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from .._constants import DEFAULT_KEY, Key
 from .._utils import check_graph
-from .._validators import is_real
+from .._validators import is_int, is_real
 from ._aggregate import aggregate_neighbors, mean_operator, zscore
 
 
@@ -37,6 +37,8 @@ def mix_embeddings(spatial: np.ndarray, connectome: np.ndarray, f: float) -> np.
 
 #: Widest basis of the expression scales (principal components of the z-scored features).
 MAX_BASIS = 200
+#: Rows per chunk of the passes over the cells.
+_CHUNK = 65_536
 #: Most floats held by the stacked expression scales (about 1 GB in float32): above some
 #: 200,000 cells the basis narrows to fit.
 SCALES_BUDGET = 250_000_000
@@ -71,8 +73,11 @@ def expression_scales(
         if mask.sum() >= 2:
             x = x[:, mask]
     n_obs = adata.n_obs
-    width = min(x.shape[1], MAX_BASIS, max(int(n_comps), SCALES_BUDGET // (n_obs * len(hops))))
+    budget = max(int(n_comps), SCALES_BUDGET // (n_obs * len(hops)))
+    width = max(1, min(x.shape[1], MAX_BASIS, budget, n_obs - 1))
     basis = _standardised_basis(x, width, random_state)
+    if not basis.any():  # every feature constant: nothing to put beside the mix
+        return None
     stacked = np.empty((n_obs, basis.shape[1] * len(hops)), dtype=np.float32)
     current, done = basis, 0
     for block, h in enumerate(hops):
@@ -102,14 +107,15 @@ def _rms_norm(x: np.ndarray) -> float:
     return float(np.sqrt(total / max(x.shape[0], 1)))
 
 
-_CHUNK = 65_536
-
 
 def _column_moments(x) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each column of dense or sparse ``x``, accumulated in
     ``float64`` over row chunks (no full-size temporary)."""
     total = np.zeros(x.shape[1], dtype=np.float64)
     squares = np.zeros(x.shape[1], dtype=np.float64)
+    # dense columns are shifted by a first estimate of their mean, so that a large offset
+    # does not cancel the variance out (sparse data are counts: no shift, no densifying)
+    shift = 0.0 if sp_sparse.issparse(x) else np.asarray(x[:_CHUNK], np.float64).mean(axis=0)
     for start in range(0, x.shape[0], _CHUNK):
         chunk = x[start : start + _CHUNK]
         if sp_sparse.issparse(chunk):
@@ -117,11 +123,17 @@ def _column_moments(x) -> tuple[np.ndarray, np.ndarray]:
             total += np.asarray(chunk.sum(axis=0)).ravel()
             squares += np.asarray(chunk.multiply(chunk).sum(axis=0)).ravel()
         else:
-            chunk = np.asarray(chunk, dtype=np.float64)
+            chunk = np.asarray(chunk, dtype=np.float64) - shift
             total += chunk.sum(axis=0)
             squares += np.einsum("ij,ij->j", chunk, chunk)
     mean = total / x.shape[0]
     std = np.sqrt(np.clip(squares / x.shape[0] - mean**2, 0.0, None))
+    mean = mean + shift
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ValueError(
+            "`adata.X` holds NaN or infinite values; fix them (e.g. `np.nan_to_num`) or "
+            "leave the expression out of the domains with `n_pcs=None`."
+        )
     return mean, std
 
 
@@ -194,19 +206,47 @@ def _leading_components(x: np.ndarray, n_comps: int) -> np.ndarray:
     for start in range(0, x.shape[0], _CHUNK):
         chunk = x[start : start + _CHUNK].astype(np.float64)
         gram += chunk.T @ chunk
-    values, vectors = np.linalg.eigh(gram)
+    _, vectors = np.linalg.eigh(gram)
     vectors = vectors[:, ::-1][:, :n_comps]
     vectors *= np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
     return (x @ vectors.astype(np.float32)).astype(np.float32)
 
 
+#: Largest ``expression_weight`` (the features are float32).
+_MAX_WEIGHT = 1e6
+
+
 def check_expression_weight(expression_weight: object) -> None:
-    """Raise unless ``expression_weight`` is a finite non-negative number."""
-    if not is_real(expression_weight) or not np.isfinite(expression_weight) or expression_weight < 0:
+    """Raise unless ``expression_weight`` is a number in [0, 1e6]."""
+    if (
+        not is_real(expression_weight)
+        or not np.isfinite(expression_weight)
+        or not 0 <= expression_weight <= _MAX_WEIGHT
+    ):
         raise ValueError(
-            "`expression_weight` must be a finite number >= 0 (0 leaves the expression out), "
+            "`expression_weight` must be a number in [0, 1e6] (0 leaves the expression out), "
             f"got {expression_weight!r}."
         )
+
+
+def check_n_pcs(n_pcs: object) -> None:
+    """Raise unless ``n_pcs`` is ``None`` or a non-negative integer."""
+    if n_pcs is not None and (not is_int(n_pcs) or n_pcs < 0):
+        raise ValueError(f"`n_pcs` must be a non-negative integer or None, got {n_pcs!r}.")
+
+
+def scales_operator(adata: AnnData, spatial_graph_key: str, users: list[str]):
+    """:func:`~spacon.tl._aggregate.mean_operator` of the spatial graph, which the
+    neighbourhood scales of the options named in ``users`` need; a missing graph is an
+    error naming the fix."""
+    if spatial_graph_key not in adata.obsp:
+        off = " and ".join(f"`{name}=None`" for name in users)
+        raise KeyError(
+            f"Graph `adata.obsp[{spatial_graph_key!r}]` not found: the neighbourhood scales "
+            f"of {', '.join(f'`{n}`' for n in users)} need it. Run "
+            f"`sp.pp.spatial_graph(adata)` first, or pass {off}."
+        )
+    return mean_operator(check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)"))
 
 
 def domain_features(
@@ -235,10 +275,11 @@ def domain_features(
         and expression_weight > 0
         and (expression is not None or (bool(n_pcs) and has_expression(adata)))
     )
-    op = None
-    if hops != (0,) or (needs_expression and expression is None and expression_hops != (0,)):
-        graph = check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
-        op = mean_operator(graph)  # built once for the mix and the expression
+    users = [name for name, used in (
+        ("hops", hops != (0,)),
+        ("expression_hops", needs_expression and expression is None and expression_hops != (0,)),
+    ) if used]
+    op = scales_operator(adata, spatial_graph_key, users) if users else None  # built once
     features = mixed if hops == (0,) else aggregate_neighbors(mixed, None, hops, operator=op)
     if not needs_expression:
         return features, 0

@@ -17,7 +17,9 @@ from .._constants import Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata, rollback_on_error
 from .._validators import is_int
+from ._aggregate import check_hops
 from ._cluster import _check_cluster_options, builds_graph, cluster
+from ._features import check_expression_weight, check_n_pcs
 from ._inputs import connectome_key_or_spatial
 from ._refine import refine as refine_domains
 from ._train import train
@@ -279,6 +281,14 @@ def _check_early(
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise TypeError(f"`cluster_kwargs` has unknown options {unknown} for `sp.tl.cluster`.")
+    # the feature options too, so that a typo fails before training, not after it
+    check_hops(options.get("hops", defaults["hops"].default))
+    check_hops(options.get("expression_hops", defaults["expression_hops"].default),
+               name="expression_hops")  # fmt: skip
+    check_n_pcs(options.get("n_pcs", defaults["n_pcs"].default))
+    check_expression_weight(
+        options.get("expression_weight", defaults["expression_weight"].default)
+    )
     n_neighbors = options.get("n_neighbors", defaults["n_neighbors"].default)
     method = options.get("method", defaults["method"].default)
     if builds_graph(method, n_clusters) and is_int(n_neighbors) and n_neighbors >= adata.n_obs > 2:

@@ -13,18 +13,20 @@ from scipy.optimize import linear_sum_assignment
 
 from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
 from .._spatialdata import resolve_table
-from .._utils import check_adata, check_graph
+from .._utils import check_adata
 from .._validators import check_key_added, is_real
-from ._aggregate import check_hops, mean_operator
+from ._aggregate import check_hops
 from ._cluster import _check_cluster_options
 from ._clusterers import partition, resolve_method
 from ._features import (
     check_expression_weight,
+    check_n_pcs,
     domain_features,
     expression_scales,
     get_embeddings,
     has_expression,
     mixing_weight,
+    scales_operator,
 )
 
 if TYPE_CHECKING:
@@ -139,6 +141,7 @@ def alpha_sweep(
     hops = check_hops(hops)
     expression_hops = check_hops(expression_hops, name="expression_hops")
     check_expression_weight(expression_weight)
+    check_n_pcs(n_pcs)
     spatial, connectome = get_embeddings(adata, embedding_key)
     method = resolve_method(method, n_clusters)
     expression = None
@@ -152,9 +155,9 @@ def alpha_sweep(
         expression = expression_scales(
             adata,
             hops=expression_hops,
-            operator=mean_operator(
-                check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)")
-            ) if expression_hops != (0,) else None,
+            operator=scales_operator(adata, spatial_graph_key, ["expression_hops"])
+            if expression_hops != (0,)
+            else None,
             n_comps=n_pcs,
             random_state=int(random_state),
         )
