@@ -116,14 +116,12 @@ def _column_moments(x) -> tuple[np.ndarray, np.ndarray]:
     # dense columns are shifted by a first estimate of their mean, so that a large offset
     # does not cancel the variance out (sparse data are counts: no shift, no densifying)
     shift = 0.0 if sp_sparse.issparse(x) else np.asarray(x[:_CHUNK], np.float64).mean(axis=0)
-    for start in range(0, x.shape[0], _CHUNK):
-        chunk = x[start : start + _CHUNK]
+    for _, chunk in _row_chunks(x, dense=False):
         if sp_sparse.issparse(chunk):
-            chunk = sp_sparse.csr_matrix(chunk, dtype=np.float64)
             total += np.asarray(chunk.sum(axis=0)).ravel()
             squares += np.asarray(chunk.multiply(chunk).sum(axis=0)).ravel()
         else:
-            chunk = np.asarray(chunk, dtype=np.float64) - shift
+            chunk = chunk - shift
             total += chunk.sum(axis=0)
             squares += np.einsum("ij,ij->j", chunk, chunk)
     mean = total / x.shape[0]
