@@ -97,6 +97,12 @@ def has_expression(adata: AnnData) -> bool:
     return adata.X is not None and adata.n_vars >= 2
 
 
+def expression_wanted(adata: AnnData, n_pcs: int | None, expression_weight: float) -> bool:
+    """Whether the options ask for the expression block and ``adata`` has expression (it
+    is then used wherever ``f < 1``)."""
+    return expression_weight > 0 and bool(n_pcs) and has_expression(adata)
+
+
 def _rms_norm(x: np.ndarray) -> float:
     """Root mean square of the rows' Euclidean norms (the square root of the total variance
     of centred ``x``)."""
@@ -271,7 +277,7 @@ def domain_features(
     needs_expression = (
         f < 1
         and expression_weight > 0
-        and (expression is not None or (bool(n_pcs) and has_expression(adata)))
+        and (expression is not None or expression_wanted(adata, n_pcs, expression_weight))
     )
     users = [name for name, used in (
         ("hops", hops != (0,)),

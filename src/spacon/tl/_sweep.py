@@ -23,8 +23,8 @@ from ._features import (
     check_n_pcs,
     domain_features,
     expression_scales,
+    expression_wanted,
     get_embeddings,
-    has_expression,
     mixing_weight,
     scales_operator,
 )
@@ -145,11 +145,8 @@ def alpha_sweep(
     spatial, connectome = get_embeddings(adata, embedding_key)
     method = resolve_method(method, n_clusters)
     expression = None
-    if (
-        expression_weight > 0
-        and n_pcs
-        and has_expression(adata)
-        and any(mixing_weight(a, alpha_scale) < 1 for a in alphas)
+    if expression_wanted(adata, n_pcs, expression_weight) and any(
+        mixing_weight(a, alpha_scale) < 1 for a in alphas
     ):
         # the same at every alpha: computed once
         expression = expression_scales(
