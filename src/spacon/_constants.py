@@ -17,6 +17,8 @@ DEFAULT_KEY = "spacon"
 DEFAULT_HOPS = (0, 8)
 #: Neighbourhood scales of the expression beside the mix by default (same choice).
 DEFAULT_EXPRESSION_HOPS = (0, 1, 2, 4, 8, 16)
+#: Fits of the mixture whose consensus :func:`spacon.tl.cluster` returns.
+DEFAULT_N_STARTS = 8
 
 
 class EmbeddingKeys(NamedTuple):

@@ -237,6 +237,54 @@ def test_gmm_in_chunks_matches_one_block(monkeypatch):
     assert set(np.unique(whole)) == {0, 1, 2}
 
 
+def test_consensus_recovers_the_partition_shared_by_noisy_relabelled_runs():
+    from spacon.tl._clusterers import _consensus
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 500)
+    runs = []
+    for _ in range(7):
+        noisy = truth.copy()
+        flipped = rng.random(500) < 0.15  # each run misplaces other cells
+        noisy[flipped] = rng.integers(0, 4, flipped.sum())
+        runs.append(rng.permutation(4)[noisy])  # and numbers the clusters its own way
+    assert all(adjusted_rand_score(truth, run) < 0.8 for run in runs)
+    # a cell that most runs misplace is lost; with 7 runs at 15 % that is under 1 %
+    assert adjusted_rand_score(truth, _consensus(runs, 4, 0)) > 0.98
+
+
+def test_mixture_starts_single_fit_and_sample_path(monkeypatch):
+    from spacon.tl import _clusterers
+
+    sheared = _sheared(1)
+    x = mix_embeddings(
+        sheared.obsm[Key.obsm.spatial_embedding], sheared.obsm[Key.obsm.connectome_embedding], 0.0
+    )
+    truth = sheared.obs["truth"]
+    # one start is one EM from the k-means partition (the behaviour before n_starts)
+    single = _clusterers._gmm(x, 2, 3, n_starts=1)
+    start = _clusterers._kmeans(x, 2, 3)
+    np.testing.assert_array_equal(single, _clusterers._em(x, start, 2))
+    several = _clusterers._gmm(x, 2, 3, n_starts=4)
+    assert adjusted_rand_score(truth, several) > 0.95
+    np.testing.assert_array_equal(_clusterers._gmm(x, 2, 3, n_starts=4), several)
+    # above the sample size the starts see a random sample; every cell still gets a label
+    monkeypatch.setattr(_clusterers, "_CONSENSUS_MAX_CELLS", 120)
+    sampled = _clusterers._gmm(x, 2, 3, n_starts=4)
+    assert sampled.shape == (len(x),) and adjusted_rand_score(truth, sampled) > 0.95
+
+
+def test_n_starts_is_recorded_for_the_mixture_only(clustered):
+    adata = clustered.copy()
+    cluster(adata, alpha=1.0, n_clusters=4, n_starts=3, key_added="gm")
+    assert adata.uns["gm"]["params"]["n_starts"] == 3
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="gm8")
+    assert adata.uns["gm8"]["params"]["n_starts"] == 8
+    assert adjusted_rand_score(adata.obs["gm"], adata.obs["gm8"]) == 1.0
+    cluster(adata, alpha=1.0, n_clusters=4, method="kmeans", n_starts=3, key_added="km")
+    assert "n_starts" not in adata.uns["km"]["params"]
+
+
 def test_deterministic_and_own_neighbors_untouched(clustered):
     adata = clustered.copy()
     import scipy.sparse as sp_sparse
@@ -303,6 +351,10 @@ def test_h5ad_round_trip(clustered, tmp_path):
         ({"method": "gmm"}, ValueError, "method"),
         ({"alpha_scale": "log"}, ValueError, "alpha_scale"),
         ({"random_state": 0.5}, TypeError, "random_state"),
+        ({"n_clusters": 3, "n_starts": 0}, ValueError, "n_starts"),
+        ({"n_clusters": 3, "n_starts": 2.5}, ValueError, "n_starts"),
+        ({"n_clusters": 3, "n_starts": "8"}, ValueError, "n_starts"),
+        ({"n_clusters": 3, "n_starts": 1001}, ValueError, "n_starts"),
     ],
 )
 def test_option_errors_leave_adata_unchanged(kwargs, error, match):
@@ -554,6 +606,11 @@ def test_alpha_sweep_writes_matched_labels_per_alpha():
     # the same labels as tl.cluster at that alpha, with numbers matched to the previous alpha
     cluster(adata, alpha=1.0, n_clusters=4, key_added="one")
     assert adjusted_rand_score(adata.obs["one"], adata.obs["sw_alpha1"]) == 1.0
+    assert record["params"]["n_starts"] == 8
+    sp.tl.alpha_sweep(adata, alphas=[1.0], n_clusters=4, n_starts=1, hops=(0,), key_added="s1")
+    assert adata.uns["s1"]["params"]["n_starts"] == 1
+    with pytest.raises(ValueError, match="n_starts"):
+        sp.tl.alpha_sweep(adata, alphas=[1.0], n_clusters=4, n_starts=0)
     copy = sp.tl.alpha_sweep(adata, alphas=0.5, n_clusters=3, hops=(0,), key_added="c", copy=True)
     assert "c_alpha0.5" in copy.obs and "c_alpha0.5" not in adata.obs
     with pytest.raises(ValueError, match="auto"):

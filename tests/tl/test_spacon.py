@@ -74,7 +74,8 @@ def test_one_liner_default_alpha_follows_the_mode(small_flatmap):
 @pytest.mark.parametrize(
     ("option", "match"),
     [({"expression_weight": -1}, "expression_weight"), ({"n_pcs": -2}, "n_pcs"),
-     ({"expression_hops": "0, 8"}, "expression_hops"), ({"hops": [-1]}, "hops")],
+     ({"expression_hops": "0, 8"}, "expression_hops"), ({"hops": [-1]}, "hops"),
+     ({"n_starts": 0}, "n_starts")],
 )
 def test_one_liner_checks_feature_options_before_training(small_flatmap, option, match):
     adata, _ = small_flatmap

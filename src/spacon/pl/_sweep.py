@@ -12,7 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import tl
-from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._utils import check_adata, get_coordinates
 from . import _utils as u
 
@@ -26,6 +26,7 @@ def alpha_sweep(
     n_clusters: int | None = None,
     resolution: float = 1.0,
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
+    n_starts: int = DEFAULT_N_STARTS,
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
     expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
@@ -61,7 +62,7 @@ def alpha_sweep(
         Annotated data with both embeddings (:func:`spacon.tl.embed`) and coordinates.
     alphas
         Values of ``alpha`` in [0, 1], one panel each.
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors
+    alpha_scale, n_clusters, resolution, method, n_starts, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors
         As in :func:`spacon.tl.cluster` (the same defaults).
     random_state
         As in :func:`spacon.tl.cluster`.
@@ -105,6 +106,7 @@ def alpha_sweep(
         n_clusters=n_clusters,
         resolution=resolution,
         method=method,
+        n_starts=n_starts,
         hops=hops,
         n_pcs=n_pcs,
         expression_hops=expression_hops,

@@ -1,6 +1,6 @@
 """Clustering methods on an array of features, free of AnnData's slots.
 
-Each method maps ``(x, n_clusters, resolution, n_neighbors, random_state)`` to a
+Each method maps ``(x, n_clusters, resolution, n_neighbors, random_state, n_starts)`` to a
 :class:`Partition`; :data:`CLUSTERERS` names them and :func:`partition` dispatches, so a
 new method is one function and one registry entry. :func:`select_n_clusters` chooses the
 number of domains by stability across subsamples.
@@ -19,6 +19,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
+from .._validators import is_int
 
 # Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
 FIXED_K_METHODS = ("kmeans", "gmm")
@@ -36,6 +37,9 @@ _GMM_MAX_ITER = 100
 _GMM_TOL = 1e-3
 _GMM_REG = 1e-6
 _GMM_CHUNK = 65_536
+# The starts of a consensus mixture are fitted on at most this many random cells.
+_CONSENSUS_MAX_CELLS = 50_000
+_MAX_STARTS = 1000
 
 # Below this many cells scanpy uses an exact (brute-force) kNN search; above, pynndescent.
 _EXACT_KNN_MAX = 8192
@@ -247,48 +251,72 @@ def _kmeans(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
     return _renumber(model.fit_predict(x).astype(np.int64))
 
 
-def _gmm(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
-    """Labels of a Gaussian mixture whose components share one covariance matrix.
-
-    mclust's ``"EEE"`` model, the usual fixed-k clustering of spatial-domain embeddings
-    (STAGATE, GraphST). Started from the k-means partition (:func:`_kmeans`), fitted by
-    EM in chunks of rows, so memory is ``O(chunk * n_clusters + d^2)`` and every step costs
-    ``O(n d (d + n_clusters))``. A component can empty out during EM: the result then has
-    fewer than ``n_clusters`` labels (renumbered ``0, 1, ...``).
-    """
-    from scipy.linalg import solve_triangular
-    from scipy.special import logsumexp
-
-    labels = _kmeans(x, n_clusters, random_state)
-    n_clusters = int(labels.max()) + 1  # fewer when the data have fewer distinct points
-    n, d = x.shape
+def _hard_statistics(
+    x: np.ndarray, labels: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts and per-cluster sums of the rows of ``x``, and their scatter ``x^T x``."""
+    d = x.shape[1]
     counts = np.bincount(labels, minlength=n_clusters).astype(np.float64)
     sums = np.zeros((n_clusters, d))
     scatter = np.zeros((d, d))
-    for start in range(0, n, _GMM_CHUNK):
+    for start in range(0, len(x), _GMM_CHUNK):
         block = np.asarray(x[start : start + _GMM_CHUNK], dtype=np.float64)
         np.add.at(sums, labels[start : start + _GMM_CHUNK], block)
         scatter += block.T @ block
-    means = sums / counts[:, None]
+    return counts, sums, scatter
+
+
+def _tied_gaussians(
+    counts: np.ndarray, means: np.ndarray, scatter: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whitening, whitened centres and log offsets of a mixture with one shared covariance.
+
+    The covariance is ``(scatter - sum_k n_k mu_k mu_k^T) / n``, regularised. The log
+    density of a row ``x`` under component ``k``, up to a constant shared by all, is then
+    ``w @ c_k - |w|^2 / 2 + offset_k`` with ``w = x @ whiten`` (see :func:`_log_densities`).
+    """
+    from scipy.linalg import solve_triangular
+
+    n, d = counts.sum(), scatter.shape[0]
+    cov = (scatter - (means * counts[:, None]).T @ means) / n
+    cov.flat[:: d + 1] += _GMM_REG
+    chol = np.linalg.cholesky(cov)
+    whiten = solve_triangular(chol, np.eye(d), lower=True).T  # x @ whiten: identity cov
+    centres = means @ whiten
+    with np.errstate(divide="ignore"):
+        log_weight = np.log(counts / n)
+    offset = log_weight - 0.5 * (centres**2).sum(1) - np.log(np.diag(chol)).sum()
+    return whiten, centres, offset
+
+
+def _log_densities(block: np.ndarray, whiten, centres, offset) -> np.ndarray:
+    """Log density of each row of ``block`` under each component, up to a shared constant."""
+    white = block @ whiten
+    return white @ centres.T - 0.5 * (white**2).sum(1, keepdims=True) + offset
+
+
+def _em(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Fit a mixture with one shared covariance by EM, started from ``labels``; its labels.
+
+    Rows are processed in chunks, so memory is ``O(chunk * n_clusters + d^2)`` and every
+    step costs ``O(n d (d + n_clusters))``. A component can empty out: the result then has
+    fewer than ``n_clusters`` labels (renumbered ``0, 1, ...``).
+    """
+    from scipy.special import logsumexp
+
+    labels = labels.copy()
+    n = len(x)
+    counts, sums, scatter = _hard_statistics(x, labels, n_clusters)
+    means = sums / np.maximum(counts, 1.0)[:, None]
     previous = -np.inf
     for _ in range(_GMM_MAX_ITER):
-        # shared covariance: (sum_i x_i x_i^T - sum_k n_k mu_k mu_k^T) / n, regularised
-        cov = (scatter - (means * counts[:, None]).T @ means) / n
-        cov.flat[:: d + 1] += _GMM_REG
-        chol = np.linalg.cholesky(cov)
-        whiten = solve_triangular(chol, np.eye(d), lower=True).T  # x @ whiten: identity cov
-        centres = means @ whiten
-        with np.errstate(divide="ignore"):
-            log_weight = np.log(counts / n)
-        offset = log_weight - 0.5 * (centres**2).sum(1) - np.log(np.diag(chol)).sum()
+        model = _tied_gaussians(counts, means, scatter)
         counts = np.zeros(n_clusters)
-        sums = np.zeros((n_clusters, d))
+        sums = np.zeros_like(sums)
         log_likelihood = 0.0
         for start in range(0, n, _GMM_CHUNK):
             block = np.asarray(x[start : start + _GMM_CHUNK], dtype=np.float64)
-            white = block @ whiten
-            # log density up to the constant -d/2 log(2 pi), the same for every component
-            log_p = white @ centres.T - 0.5 * (white**2).sum(1, keepdims=True) + offset
+            log_p = _log_densities(block, *model)
             norm = logsumexp(log_p, axis=1, keepdims=True)
             resp = np.exp(log_p - norm)
             labels[start : start + _GMM_CHUNK] = log_p.argmax(1)
@@ -301,6 +329,69 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int) -> np.ndarray:
             break
         previous = log_likelihood
     return _renumber(labels)
+
+
+def _consensus(partitions: list[np.ndarray], n_clusters: int, random_state: int) -> np.ndarray:
+    """The partition into ``n_clusters`` that agrees best with all of ``partitions``.
+
+    k-means of the cells' concatenated one-hot memberships: the squared distance between
+    two cells is twice the number of partitions that separate them, so the clusters are
+    groups of cells that the partitions keep together (a sparse ``n x (runs * k)`` matrix,
+    no ``n x n`` co-association).
+    """
+    from sklearn.cluster import KMeans
+
+    n = len(partitions[0])
+    columns = np.concatenate([p + i * n_clusters for i, p in enumerate(partitions)])
+    rows = np.tile(np.arange(n), len(partitions))
+    memberships = sp_sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, columns)), shape=(n, len(partitions) * n_clusters)
+    )
+    model = KMeans(n_clusters=n_clusters, n_init=10, random_state=random_state)
+    return model.fit_predict(memberships).astype(np.int64)
+
+
+def _gmm(x: np.ndarray, n_clusters: int, random_state: int, n_starts: int = 1) -> np.ndarray:
+    """Labels of a Gaussian mixture whose components share one covariance matrix.
+
+    mclust's ``"EEE"`` model, the usual fixed-k clustering of spatial-domain embeddings
+    (STAGATE, GraphST), fitted by EM (:func:`_em`) from the k-means partition
+    (:func:`_kmeans`). EM ends in one of several local optima, and which one depends on
+    the start. With ``n_starts > 1`` the mixture is fitted from that many k-means starts
+    (independent seeds drawn from ``random_state``) on at most ``_CONSENSUS_MAX_CELLS``
+    random cells, their consensus (:func:`_consensus`) gives a mixture on those cells, and
+    EM on all cells starts from it: the result no longer hangs on one start.
+    """
+    if n_starts <= 1:
+        labels = _kmeans(x, n_clusters, random_state)
+        return _em(x, labels, int(labels.max()) + 1)
+    rng = np.random.default_rng(random_state)
+    cells = None
+    if len(x) > _CONSENSUS_MAX_CELLS:
+        cells = np.sort(rng.choice(len(x), size=_CONSENSUS_MAX_CELLS, replace=False))
+    sample = x if cells is None else np.asarray(x[cells])
+    seeds = rng.integers(2**31 - 1, size=n_starts)
+    fits = [_gmm(sample, n_clusters, int(seed)) for seed in seeds]
+    k = max(int(fit.max()) + 1 for fit in fits)
+    labels = _consensus(fits, k, int(seeds[0]))
+    if cells is not None:
+        # every cell to its most likely component of the consensus mixture of the sample
+        counts, sums, scatter = _hard_statistics(sample, labels, k)
+        model = _tied_gaussians(counts, sums / np.maximum(counts, 1.0)[:, None], scatter)
+        labels = np.concatenate([
+            _log_densities(np.asarray(x[start : start + _GMM_CHUNK], dtype=np.float64), *model).argmax(1)
+            for start in range(0, len(x), _GMM_CHUNK)
+        ])  # fmt: skip
+    return _em(x, labels, k)
+
+
+def check_n_starts(n_starts: int) -> None:
+    """Raise a ValueError naming the valid range unless ``n_starts`` is a count of fits."""
+    if not is_int(n_starts) or not 1 <= n_starts <= _MAX_STARTS:
+        raise ValueError(
+            f"`n_starts` must be an integer in [1, {_MAX_STARTS}] (1: a single mixture fit), "
+            f"got {n_starts!r}."
+        )
 
 
 def builds_graph(method: str, n_clusters: int | None) -> bool:
@@ -332,16 +423,19 @@ class Partition(NamedTuple):
 Clusterer = Callable[..., Partition]
 
 
-def _fixed_k(split: Callable[[np.ndarray, int, int], np.ndarray]) -> Clusterer:
-    def run(x, *, n_clusters, resolution, n_neighbors, random_state) -> Partition:
-        return Partition(split(x, int(n_clusters), random_state), float(resolution))
+def _kmeans_run(x, *, n_clusters, resolution, n_neighbors, random_state, n_starts) -> Partition:
+    """k-means into ``n_clusters`` (its own 10 restarts; ``n_starts`` is the mixture's)."""
+    return Partition(_kmeans(x, int(n_clusters), random_state), float(resolution))
 
-    run.__doc__ = split.__doc__
-    return run
+
+def _gmm_run(x, *, n_clusters, resolution, n_neighbors, random_state, n_starts) -> Partition:
+    """The shared-covariance mixture into ``n_clusters``, consensus of ``n_starts`` fits."""
+    labels = _gmm(x, int(n_clusters), random_state, n_starts=int(n_starts))
+    return Partition(labels, float(resolution))
 
 
 def _community(method: str) -> Clusterer:
-    def run(x, *, n_clusters, resolution, n_neighbors, random_state) -> Partition:
+    def run(x, *, n_clusters, resolution, n_neighbors, random_state, n_starts) -> Partition:
         conn, dist, params = _neighbor_graph(
             x, n_neighbors=n_neighbors, random_state=random_state
         )
@@ -364,8 +458,8 @@ def _community(method: str) -> Clusterer:
 CLUSTERERS: dict[str, Clusterer] = {
     "leiden": _community("leiden"),
     "louvain": _community("louvain"),
-    "kmeans": _fixed_k(_kmeans),
-    "gmm": _fixed_k(_gmm),
+    "kmeans": _kmeans_run,
+    "gmm": _gmm_run,
 }
 
 
@@ -377,6 +471,7 @@ def partition(
     resolution: float = 1.0,
     n_neighbors: int = 40,
     random_state: int = 0,
+    n_starts: int = 1,
 ) -> Partition:
     """Cluster the rows of ``x`` with the method named ``method`` (``"auto"`` resolved)."""
     method = resolve_method(method, n_clusters)
@@ -386,6 +481,7 @@ def partition(
         resolution=float(resolution),
         n_neighbors=int(n_neighbors),
         random_state=int(random_state),
+        n_starts=int(n_starts),
     )
 
 
@@ -430,7 +526,7 @@ def select_n_clusters(
         for repeat, cells in enumerate(subsets):
             found = split(
                 x[cells], n_clusters=k, resolution=1.0, n_neighbors=2,
-                random_state=random_state + repeat,
+                random_state=random_state + repeat, n_starts=1,
             ).labels
             full = np.full(n, -1, dtype=np.int64)
             full[cells] = found

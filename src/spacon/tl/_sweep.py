@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy.optimize import linear_sum_assignment
 
-from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, is_real
@@ -63,6 +63,7 @@ def alpha_sweep(
     n_clusters: int | None = None,
     resolution: float = 1.0,
     method: Literal["auto", "leiden", "louvain", "kmeans", "gmm"] = "auto",
+    n_starts: int = DEFAULT_N_STARTS,
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
     expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
@@ -90,7 +91,7 @@ def alpha_sweep(
         :class:`spatialdata.SpatialData` whose table ``table_key`` has them.
     alphas
         Values of ``alpha`` in [0, 1].
-    alpha_scale, n_clusters, resolution, method, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors, random_state
+    alpha_scale, n_clusters, resolution, method, n_starts, hops, n_pcs, expression_hops, expression_weight, embedding_key, spatial_graph_key, n_neighbors, random_state
         As in :func:`spacon.tl.cluster` (the same defaults); ``n_clusters="auto"`` is not
         offered here (choose k once with :func:`spacon.tl.cluster`).
     key_added
@@ -136,6 +137,7 @@ def alpha_sweep(
             resolution=resolution,
             method=method,
             n_neighbors=n_neighbors,
+            n_starts=n_starts,
         )
     check_key_added(key_added)
     hops = check_hops(hops)
@@ -180,6 +182,7 @@ def alpha_sweep(
             resolution=resolution,
             n_neighbors=n_neighbors,
             random_state=random_state,
+            n_starts=n_starts,
         ).labels
         if previous is not None:
             labels = match_labels(labels, previous)
@@ -202,6 +205,7 @@ def alpha_sweep(
         "params": {
             "alpha_scale": alpha_scale,
             "method": method,
+            **({"n_starts": int(n_starts)} if method == "gmm" else {}),
             "hops": list(hops),
             "n_pcs": 0 if expression is None else int(expression.shape[1]),
             "expression_hops": list(expression_hops),
