@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings as warnings_module
 from functools import partial
 
 import anndata as ad
@@ -216,7 +217,8 @@ def test_fewer_distinct_cells_than_domains_warns(method, monkeypatch):
         obs=pd.DataFrame(index=[f"c{i}" for i in range(6)]),
         obsm={Key.obsm.spatial_embedding: points, Key.obsm.connectome_embedding: points},
     )
-    with pytest.warns(Warning, match="distinct"):  # scikit-learn's k-means says so too
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("ignore")  # scikit-learn's k-means says so too
         cluster(adata, alpha=0.0, n_clusters=4, method=method)
     labels = adata.obs[Key.obs.domains]
     assert labels.nunique() == adata.uns[Key.obs.domains]["params"]["n_clusters"] == 3
@@ -270,8 +272,41 @@ def test_mixture_starts_single_fit_and_sample_path(monkeypatch):
     np.testing.assert_array_equal(_clusterers._gmm(x, 2, 3, n_starts=4), several)
     # above the sample size the starts see a random sample; every cell still gets a label
     monkeypatch.setattr(_clusterers, "_CONSENSUS_MAX_CELLS", 120)
+    seen = []
+    kmeans = _clusterers._kmeans
+    monkeypatch.setattr(
+        _clusterers, "_kmeans", lambda x, k, seed: seen.append(len(x)) or kmeans(x, k, seed)
+    )
     sampled = _clusterers._gmm(x, 2, 3, n_starts=4)
+    assert seen == [120] * 4
     assert sampled.shape == (len(x),) and adjusted_rand_score(truth, sampled) > 0.95
+
+
+def test_a_repeated_warning_of_the_starts_is_said_once():
+    from spacon.tl import _clusterers
+
+    x = np.repeat([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]], 40, axis=0)
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        labels = _clusterers._gmm(x, 5, 0, n_starts=8)
+    assert len(np.unique(labels)) == 3
+    assert len([w for w in caught if "distinct clusters" in str(w.message)]) <= 1
+
+
+def test_n_starts_reaches_the_mixture_from_cluster_and_sweep(clustered, monkeypatch):
+    import spacon as sp
+    from spacon.tl import _clusterers
+
+    asked = []
+    gmm = _clusterers._gmm
+    monkeypatch.setattr(
+        _clusterers, "_gmm", lambda x, k, seed, n_starts=1: asked.append(n_starts) or gmm(x, k, seed)
+    )
+    adata = clustered.copy()
+    cluster(adata, alpha=1.0, n_clusters=4, n_starts=3, key_added="gm")
+    cluster(adata, alpha=1.0, n_clusters=4, key_added="gm")
+    sp.tl.alpha_sweep(adata, alphas=[0.0, 1.0], n_clusters=4, n_starts=5, hops=(0,))
+    assert asked == [3, 8, 5, 5]
 
 
 def test_n_starts_is_recorded_for_the_mixture_only(clustered):
@@ -352,9 +387,11 @@ def test_h5ad_round_trip(clustered, tmp_path):
         ({"alpha_scale": "log"}, ValueError, "alpha_scale"),
         ({"random_state": 0.5}, TypeError, "random_state"),
         ({"n_clusters": 3, "n_starts": 0}, ValueError, "n_starts"),
-        ({"n_clusters": 3, "n_starts": 2.5}, ValueError, "n_starts"),
-        ({"n_clusters": 3, "n_starts": "8"}, ValueError, "n_starts"),
+        ({"n_clusters": 3, "n_starts": 2.5}, TypeError, "n_starts"),
+        ({"n_clusters": 3, "n_starts": "8"}, TypeError, "n_starts"),
         ({"n_clusters": 3, "n_starts": 1001}, ValueError, "n_starts"),
+        ({"n_clusters": 3, "random_state": -1}, ValueError, "random_state"),
+        ({"n_clusters": 3, "random_state": 2**32}, ValueError, "random_state"),
     ],
 )
 def test_option_errors_leave_adata_unchanged(kwargs, error, match):

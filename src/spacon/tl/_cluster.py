@@ -25,6 +25,7 @@ from ._clusterers import (
     FIXED_K_METHODS,
     builds_graph,
     check_n_starts,
+    check_random_state,
     partition,
     resolve_method,
     select_n_clusters,
@@ -178,15 +179,17 @@ def cluster(
         that k-means splits (osmFISH cortex over 10 seeds: ARI 0.59 with k-means, 0.62
         with the mixture; :doc:`/benchmarks`).
     n_starts
-        Fits of the mixture (``"gmm"``) whose consensus is the result. EM ends in one of
-        several local optima, and on real tissue which one depends on the seed: the
-        mixture is fitted from ``n_starts`` k-means starts (on at most 50,000 random
-        cells), the partition that agrees best with all of them (k-means of the cells'
-        memberships) starts a last EM on all cells. ``1``: one fit from one k-means
-        partition, as before. With the default 8 the seed spread of the hypothalamus
-        development set halves (ARI sd 0.042 -> 0.023 over 5 seeds, mean 0.481 -> 0.483;
-        the other sets unchanged, :doc:`/benchmarks`). Cost: about 4 s more per 5,000
-        cells, 47 s more at 10^6 cells and 41 domains.
+        Fits of the mixture (``"gmm"``; ignored by the other methods) whose consensus is
+        the result. EM ends in one of several local optima, and on real tissue which one
+        depends on the seed: the mixture is fitted from ``n_starts`` k-means starts (on
+        at most 50,000 random cells), a consensus partition of them (k-means of the
+        cells' memberships) gives a mixture, and a last EM on all cells starts from it
+        (above 50,000 cells, from every cell's most likely component). ``1``: one fit
+        from one k-means partition, as before. With the default 8 the seed spread of the
+        hypothalamus development set halves (ARI sd 0.042 -> 0.023 over 5 seeds, mean
+        0.481 -> 0.483; the other sets within 0.004, :doc:`/benchmarks`). Cost: about
+        4 s more per 5,000-cell slice; at 10^6 cells and 41 domains 212 s instead of
+        165 s.
     hops
         Neighbourhood scales of the mix: for each ``h``, the mix averaged over ``h`` hops of
         the spatial graph (row-normalised, with self-loops), z-scored; the blocks are put
@@ -300,8 +303,7 @@ def cluster(
         n_starts=n_starts,
         k_range=k_range,
     )
-    if not is_int(random_state):
-        raise TypeError(f"`random_state` must be an integer, got {random_state!r}.")
+    check_random_state(random_state)
     check_key_added(key_added)
     check_key_added(embedding_key, name="embedding_key")
     if neighbors_key is None:

@@ -9,6 +9,7 @@ number of domains by stability across subsamples.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -332,12 +333,12 @@ def _em(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
 
 
 def _consensus(partitions: list[np.ndarray], n_clusters: int, random_state: int) -> np.ndarray:
-    """The partition into ``n_clusters`` that agrees best with all of ``partitions``.
+    """A consensus of ``partitions``: ``n_clusters`` groups of cells they keep together.
 
     k-means of the cells' concatenated one-hot memberships: the squared distance between
-    two cells is twice the number of partitions that separate them, so the clusters are
-    groups of cells that the partitions keep together (a sparse ``n x (runs * k)`` matrix,
-    no ``n x n`` co-association).
+    two cells is twice the number of partitions that separate them (a sparse
+    ``n x (runs * k)`` matrix, no ``n x n`` co-association). k-means ends in a local
+    optimum of the total disagreement, not necessarily the median partition.
     """
     from sklearn.cluster import KMeans
 
@@ -371,7 +372,9 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int, n_starts: int = 1) -
         cells = np.sort(rng.choice(len(x), size=_CONSENSUS_MAX_CELLS, replace=False))
     sample = x if cells is None else np.asarray(x[cells])
     seeds = rng.integers(2**31 - 1, size=n_starts)
-    fits = [_gmm(sample, n_clusters, int(seed)) for seed in seeds]
+    with warnings.catch_warnings():  # the caller warns once if the fit finds fewer than k
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        fits = [_gmm(sample, n_clusters, int(seed)) for seed in seeds]
     k = max(int(fit.max()) + 1 for fit in fits)
     labels = _consensus(fits, k, int(seeds[0]))
     if cells is not None:
@@ -385,13 +388,22 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int, n_starts: int = 1) -
     return _em(x, labels, k)
 
 
-def check_n_starts(n_starts: int) -> None:
-    """Raise a ValueError naming the valid range unless ``n_starts`` is a count of fits."""
-    if not is_int(n_starts) or not 1 <= n_starts <= _MAX_STARTS:
+def check_n_starts(n_starts: object) -> None:
+    """Raise unless ``n_starts`` is a count of mixture fits in ``[1, _MAX_STARTS]``."""
+    if not is_int(n_starts):
+        raise TypeError(f"`n_starts` must be an integer (1: a single mixture fit), got {n_starts!r}.")
+    if not 1 <= n_starts <= _MAX_STARTS:
         raise ValueError(
-            f"`n_starts` must be an integer in [1, {_MAX_STARTS}] (1: a single mixture fit), "
-            f"got {n_starts!r}."
+            f"`n_starts` must be in [1, {_MAX_STARTS}] (1: a single mixture fit), got {n_starts!r}."
         )
+
+
+def check_random_state(random_state: object) -> None:
+    """Raise unless ``random_state`` is a seed numpy and scikit-learn both accept."""
+    if not is_int(random_state):
+        raise TypeError(f"`random_state` must be an integer, got {random_state!r}.")
+    if not 0 <= random_state < 2**32:
+        raise ValueError(f"`random_state` must be in [0, 2**32), got {random_state!r}.")
 
 
 def builds_graph(method: str, n_clusters: int | None) -> bool:

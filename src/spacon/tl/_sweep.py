@@ -17,7 +17,7 @@ from .._utils import check_adata
 from .._validators import check_key_added, is_real
 from ._aggregate import check_hops
 from ._cluster import _check_cluster_options
-from ._clusterers import partition, resolve_method
+from ._clusterers import check_random_state, partition, resolve_method
 from ._features import (
     check_expression_weight,
     check_n_pcs,
@@ -140,6 +140,7 @@ def alpha_sweep(
             n_starts=n_starts,
         )
     check_key_added(key_added)
+    check_random_state(random_state)
     hops = check_hops(hops)
     expression_hops = check_hops(expression_hops, name="expression_hops")
     check_expression_weight(expression_weight)
