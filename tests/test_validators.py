@@ -13,6 +13,7 @@ from spacon._validators import (
     check_key_added,
     check_number,
     check_positive_int,
+    check_random_state,
     is_int,
     is_real,
 )
@@ -35,6 +36,7 @@ def test_helpers():
     assert check_positive_int("n", np.int32(4)) == 4
     assert check_number("lr", 1, low=0.0, strict=True) == 1.0
     assert check_bool("flag", np.bool_(True)) is True
+    assert check_random_state(np.uint32(2**32 - 1)) == 2**32 - 1
     for call, error in [
         (lambda: check_positive_int("n", 2.0), TypeError),
         (lambda: check_positive_int("n", True), TypeError),
@@ -43,6 +45,9 @@ def test_helpers():
         (lambda: check_number("lr", float("nan"), low=0.0), ValueError),
         (lambda: check_number("lr", 0.0, low=0.0, strict=True), ValueError),
         (lambda: check_bool("flag", 1), TypeError),
+        (lambda: check_random_state(0.0), TypeError),
+        (lambda: check_random_state(-1), ValueError),
+        (lambda: check_random_state(2**32), ValueError),
         (lambda: check_key_added(None), TypeError),
         (lambda: check_key_added(""), ValueError),
     ]:

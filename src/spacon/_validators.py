@@ -35,6 +35,15 @@ def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_random_state(value: object) -> int:
+    """``value`` as an ``int`` seed that numpy and scikit-learn both accept."""
+    if not is_int(value):
+        raise TypeError(f"`random_state` must be an integer, got {value!r}.")
+    if not 0 <= value < 2**32:
+        raise ValueError(f"`random_state` must be in [0, 2**32), got {value!r}.")
+    return int(value)
+
+
 def check_number(name: str, value: object, *, low: float, strict: bool = False) -> float:
     """``value`` as a finite ``float`` at least ``low`` (above it when ``strict``)."""
     if not is_real(value):

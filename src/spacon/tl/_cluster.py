@@ -17,7 +17,7 @@ from scanpy import logging as logg
 from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
-from .._validators import check_key_added, is_int, is_real
+from .._validators import check_key_added, check_random_state, is_int, is_real
 from ._aggregate import check_hops
 from ._clusterers import (
     CLUSTERERS,
@@ -25,7 +25,6 @@ from ._clusterers import (
     FIXED_K_METHODS,
     builds_graph,
     check_n_starts,
-    check_random_state,
     partition,
     resolve_method,
     select_n_clusters,

@@ -20,7 +20,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
-from .._validators import is_int
+from .._validators import check_positive_int
 
 # Methods that split the mix itself into ``n_clusters`` groups: no kNN graph is built.
 FIXED_K_METHODS = ("kmeans", "gmm")
@@ -390,20 +390,10 @@ def _gmm(x: np.ndarray, n_clusters: int, random_state: int, n_starts: int = 1) -
 
 def check_n_starts(n_starts: object) -> None:
     """Raise unless ``n_starts`` is a count of mixture fits in ``[1, _MAX_STARTS]``."""
-    if not is_int(n_starts):
-        raise TypeError(f"`n_starts` must be an integer (1: a single mixture fit), got {n_starts!r}.")
-    if not 1 <= n_starts <= _MAX_STARTS:
+    if check_positive_int("n_starts", n_starts) > _MAX_STARTS:
         raise ValueError(
             f"`n_starts` must be in [1, {_MAX_STARTS}] (1: a single mixture fit), got {n_starts!r}."
         )
-
-
-def check_random_state(random_state: object) -> None:
-    """Raise unless ``random_state`` is a seed numpy and scikit-learn both accept."""
-    if not is_int(random_state):
-        raise TypeError(f"`random_state` must be an integer, got {random_state!r}.")
-    if not 0 <= random_state < 2**32:
-        raise ValueError(f"`random_state` must be in [0, 2**32), got {random_state!r}.")
 
 
 def builds_graph(method: str, n_clusters: int | None) -> bool:

@@ -14,10 +14,10 @@ from scipy.optimize import linear_sum_assignment
 from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
-from .._validators import check_key_added, is_real
+from .._validators import check_key_added, check_random_state, is_real
 from ._aggregate import check_hops
 from ._cluster import _check_cluster_options
-from ._clusterers import check_random_state, partition, resolve_method
+from ._clusterers import partition, resolve_method
 from ._features import (
     check_expression_weight,
     check_n_pcs,
