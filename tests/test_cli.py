@@ -17,7 +17,7 @@ from conftest import make_adata
 
 import spacon as sp
 from spacon import Key
-from spacon.cli import _command_parser, _name_flags, build_parser, main
+from spacon.cli import _cluster_options, _command_parser, _name_flags, build_parser, main
 
 
 def test_demo_writes_result_and_figures(tmp_path, capsys, monkeypatch):
@@ -163,6 +163,38 @@ def test_top_k_refused_with_the_rule(command, text, match, capsys):
     assert err.startswith(f"spacon {command}: error: argument --top-k")
     assert re.search(match, err), err
 
+
+
+@pytest.mark.parametrize("command", ["demo", "run"])
+@pytest.mark.parametrize(
+    "text, match",
+    [("0", "must be at least 1"), ("-2", "must be at least 1"), ("many", "or 'auto', got 'many'")],
+)
+def test_n_clusters_refused_with_the_rule(command, text, match, capsys):
+    argv = [command, "--out", "o", f"--n-clusters={text}"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv if command == "demo" else [*argv[:1], "d.h5ad", *argv[1:]])
+    assert match in capsys.readouterr().err
+
+
+def test_clustering_options_reach_the_one_liner():
+    args = build_parser().parse_args(["run", "d.h5ad", "--out", "o", "--n-clusters", "AUTO",
+                                      "--method", "kmeans", "--n-starts", "3"])  # fmt: skip
+    options = _cluster_options(args)
+    assert options["n_clusters"] == "auto"
+    assert options["cluster_kwargs"] == {"method": "kmeans", "n_starts": 3}
+    defaults = _cluster_options(build_parser().parse_args(["run", "d.h5ad", "--out", "o"]))
+    assert defaults["cluster_kwargs"] == {"method": "auto"} and "n_clusters" not in defaults
+
+
+def test_run_with_automatic_k_and_mixture_starts(user_files, tmp_path, capsys):
+    data, fc = user_files
+    out = tmp_path / "o"
+    code = main(["run", str(data), "--connectivity", str(fc), "--epochs", "2", "--n-clusters",
+                 "auto", "--n-starts", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    params = ad.read_h5ad(out / "cells_spacon.h5ad").uns[Key.obs.domains]["params"]
+    assert params["n_clusters_requested"] == "auto" and params["n_starts"] == 2
 
 
 def test_version(capsys):

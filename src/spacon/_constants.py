@@ -15,8 +15,13 @@ DEFAULT_KEY = "spacon"
 #: Neighbourhood scales added to the mix by default (hops of the spatial graph), chosen on
 #: the development sets of ``benchmarks/domains.py``.
 DEFAULT_HOPS = (0, 8)
-#: Neighbourhood scales of the expression beside the mix by default (same choice).
+#: Neighbourhood scales of the expression beside the mix (same choice); with
+#: ``expression_hops="auto"``, the default, those that fit the domains (see
+#: :data:`SCALE_DOMAIN_FRACTION`).
 DEFAULT_EXPRESSION_HOPS = (0, 1, 2, 4, 8, 16)
+#: ``expression_hops="auto"`` leaves out the scales that average over more cells than this
+#: fraction of a mean domain (``n_obs / n_clusters`` cells); chosen on the development sets.
+SCALE_DOMAIN_FRACTION = 0.35
 #: Fits of the mixture whose consensus :func:`spacon.tl.cluster` returns.
 DEFAULT_N_STARTS = 8
 

@@ -121,6 +121,21 @@ def _top_k(text: str) -> int | float:
     return fraction
 
 
+def _n_clusters(text: str) -> int | str:
+    """``--n-clusters``: a positive integer or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of domains (e.g. 8) or 'auto', got {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'auto'), got {text!r}")
+    return count
+
+
 _TOP_K_HELP = (
     "edges kept per cell: an integer is a count (100), a decimal in (0, 1) a fraction of the "
     "cells (0.1); as `top_k` of spacon.pp.connectivity"
@@ -142,10 +157,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "0 without)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--n-clusters", type=int, default=None, help="number of domains (default: Leiden decides)"
+        "--n-clusters",
+        type=_n_clusters,
+        default=None,
+        help="number of domains, or 'auto' to choose it by BIC (default: Leiden decides)",
     )
     group.add_argument(
         "--resolution", type=float, default=None, help="Leiden resolution (default: 1.0)"
+    )
+    parser.add_argument(
+        "--method",
+        choices=("auto", "leiden", "louvain", "kmeans", "gmm"),
+        default="auto",
+        help="clustering (auto: Gaussian mixture with --n-clusters, else Leiden)",
+    )
+    parser.add_argument(
+        "--n-starts", type=int, default=None, help="mixture starts in the consensus (default: 8)"
     )
     parser.add_argument("--refine", action="store_true", help="majority-vote label refinement")
     parser.add_argument(
@@ -266,6 +293,10 @@ def _cluster_options(args: argparse.Namespace) -> dict:
         options["n_clusters"] = args.n_clusters
     if args.resolution is not None:
         options["resolution"] = args.resolution
+    cluster_kwargs: dict = {"method": args.method}
+    if args.n_starts is not None:
+        cluster_kwargs["n_starts"] = args.n_starts
+    options["cluster_kwargs"] = cluster_kwargs
     train_kwargs = {"device": args.device}
     if args.epochs is not None:
         train_kwargs["n_epochs"] = args.epochs

@@ -12,7 +12,14 @@ from sklearn.metrics import adjusted_rand_score
 import spacon as sp
 from spacon import Key
 from spacon._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS
-from spacon.tl._aggregate import aggregate_neighbors, check_hops, mean_operator
+from spacon.tl._aggregate import (
+    aggregate_neighbors,
+    check_expression_hops,
+    check_hops,
+    mean_operator,
+    neighbourhood_sizes,
+)
+from spacon.tl._features import expression_scale_hops
 
 
 def _path_graph(n: int, weight: float = 3.0) -> sp_sparse.csr_matrix:
@@ -117,15 +124,19 @@ def test_hops_need_the_spatial_graph_and_leave_adata_unchanged():
     assert adata.uns[Key.obs.domains]["params"]["hops"] == [0]
 
 
-def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
+def _quadrants_with_expression() -> ad.AnnData:
     base = _noisy_quadrants()
     rng = np.random.default_rng(1)
-    adata = ad.AnnData(
+    return ad.AnnData(
         X=rng.normal(size=(base.n_obs, 12)).astype(np.float32),
         obs=base.obs,
         obsm=dict(base.obsm),
         obsp=dict(base.obsp),
     )
+
+
+def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
+    adata = _quadrants_with_expression()
     sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=5, key_added="expr")
     params = adata.uns["expr"]["params"]
     assert params["n_pcs"] == 5 and params["expression_weight"] == 3.0
@@ -158,7 +169,69 @@ def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
             sp.tl.cluster(adata, alpha=0.0, n_clusters=4, expression_hops=bad)
     sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=5, expression_hops=[4, 0], key_added="eh")
     assert adata.uns["eh"]["params"]["expression_hops"] == [0, 4]
-    assert adata.uns["expr"]["params"]["expression_hops"] == list(DEFAULT_EXPRESSION_HOPS)
+    # "auto", the default: the scales that fit a quarter of the cells
+    chosen = expression_scale_hops(
+        "auto", mean_operator(adata.obsp[Key.obsp.spatial_connectivities]), adata.n_obs, 4
+    )
+    assert adata.uns["expr"]["params"]["expression_hops"] == list(chosen)
+
+
+def _ring(n: int) -> sp_sparse.csr_matrix:
+    graph = _path_graph(n).tolil()
+    graph[0, n - 1] = graph[n - 1, 0] = 1.0
+    return graph.tocsr()
+
+
+def test_neighbourhood_sizes_count_the_cells_averaged_over():
+    op = mean_operator(_ring(60))  # each cell and its two neighbours, weights 1/3
+    sizes = neighbourhood_sizes(op, (8, 0, 1, 2, 4))
+    assert list(sizes) == [0, 1, 2, 4, 8]
+    assert sizes[0] == 1.0 and sizes[1] == pytest.approx(3.0)
+    assert sizes[2] == pytest.approx(81 / 19)  # weights (1, 2, 3, 2, 1) / 9
+    assert sizes[2] < sizes[4] < sizes[8] < 60
+    dense = np.linalg.matrix_power(op.toarray().astype(np.float64), 8)
+    assert sizes[8] == pytest.approx(1 / (dense[0] ** 2).sum())  # every cell alike
+
+
+def test_automatic_expression_scales_fit_a_third_of_a_domain():
+    op = mean_operator(_ring(60))
+    sizes = neighbourhood_sizes(op, DEFAULT_EXPRESSION_HOPS)
+    for n_clusters in (1, 2, 3, 5, 8, 20, 60):
+        chosen = expression_scale_hops("auto", op, 60, n_clusters)
+        limit = 0.35 * 60 / n_clusters
+        assert chosen == tuple(h for h in DEFAULT_EXPRESSION_HOPS if h == 0 or sizes[h] <= limit)
+    assert expression_scale_hops("auto", op, 60, 1) == DEFAULT_EXPRESSION_HOPS
+    assert expression_scale_hops("auto", op, 60, 60) == (0,)
+    assert len(expression_scale_hops("auto", op, 60, 5)) < len(DEFAULT_EXPRESSION_HOPS)
+    # without a number of domains, or with scales given, nothing is measured
+    for n_clusters in (None, "auto"):
+        assert expression_scale_hops("auto", op, 60, n_clusters) == DEFAULT_EXPRESSION_HOPS
+    assert expression_scale_hops((0, 3), op, 60, 60) == (0, 3)
+
+
+def test_check_expression_hops():
+    assert check_expression_hops("auto") == "auto"
+    assert check_expression_hops([4, 0]) == (0, 4)
+    assert check_expression_hops(None) == (0,)
+    for bad in ("Auto", "0, 8", (-1,)):
+        with pytest.raises(ValueError, match="expression_hops"):
+            check_expression_hops(bad)
+
+
+def test_automatic_expression_scales_follow_n_clusters():
+    """Many small domains keep the small scales only; the record says which were used."""
+    adata = _quadrants_with_expression()
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=4, n_starts=1, key_added="few")
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=40, n_pcs=4, n_starts=1, key_added="many")
+    few = adata.uns["few"]["params"]["expression_hops"]
+    many = adata.uns["many"]["params"]["expression_hops"]
+    assert few == list(DEFAULT_EXPRESSION_HOPS)
+    assert many == list(DEFAULT_EXPRESSION_HOPS[: len(many)]) and len(many) < len(few)
+    sp.tl.alpha_sweep(adata, alphas=[0.0], n_clusters=40, n_pcs=4, n_starts=1, key_added="sw")
+    assert adata.uns["sw"]["params"]["expression_hops"] == many
+    np.testing.assert_array_equal(
+        adata.obs["many"].astype(str).to_numpy(), adata.obs["sw_alpha0"].astype(str).to_numpy()
+    )
 
 
 def _scales(adata, n_comps=3, hops=(0,)):

@@ -12,7 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import tl
-from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
+from .._constants import DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._utils import check_adata, get_coordinates
 from . import _utils as u
 
@@ -29,7 +29,7 @@ def alpha_sweep(
     n_starts: int = DEFAULT_N_STARTS,
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
-    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
+    expression_hops: Sequence[int] | Literal["auto"] | None = "auto",
     expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,

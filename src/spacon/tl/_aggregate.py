@@ -19,6 +19,18 @@ def mean_operator(graph: sp_sparse.spmatrix | sp_sparse.sparray) -> sp_sparse.cs
     return sp_sparse.csr_matrix(sp_sparse.diags(1.0 / degree) @ graph)
 
 
+def check_expression_hops(hops: object) -> tuple[int, ...] | str:
+    """``expression_hops``: ``"auto"`` as it is, anything else as :func:`check_hops`."""
+    if isinstance(hops, str) and hops == "auto":
+        return "auto"
+    if isinstance(hops, str):
+        raise ValueError(
+            f'`expression_hops` must be "auto" or a list of hop counts such as (0, 1, 2), '
+            f"got {hops!r}."
+        )
+    return check_hops(hops, name="expression_hops")
+
+
 def check_hops(hops: object, *, name: str = "hops") -> tuple[int, ...]:
     """``hops`` as a sorted tuple of distinct non-negative ints (``None`` means ``(0,)``);
     ``name`` is the option named in errors."""
@@ -31,6 +43,35 @@ def check_hops(hops: object, *, name: str = "hops") -> tuple[int, ...]:
     ):
         raise ValueError(f"`{name}` must be non-negative integers, got {hops!r}.")
     return tuple(sorted({int(h) for h in hops}))
+
+
+#: Cells whose neighbourhoods :func:`neighbourhood_sizes` measures.
+_SIZE_SAMPLE = 256
+
+
+def neighbourhood_sizes(operator: sp_sparse.csr_matrix, hops: Sequence[int]) -> dict[int, float]:
+    """Effective number of cells that ``h`` hops of ``operator`` (a :func:`mean_operator`)
+    average over, for each ``h`` in ``hops``: ``1 / sum(w ** 2)`` of the weights ``w`` that
+    a cell's row of ``P^h`` gives to the others, the median over 256 evenly spread cells.
+
+    The rows stay sparse (they reach only the cells within ``h`` hops), so the cost does
+    not grow with the number of cells.
+    """
+    n = operator.shape[0]
+    cells = np.unique(np.linspace(0, n - 1, min(_SIZE_SAMPLE, n)).astype(np.int64))
+    rows = sp_sparse.csr_matrix(
+        (np.ones(cells.size, dtype=np.float64), (np.arange(cells.size), cells)),
+        shape=(cells.size, n),
+    )
+    operator = sp_sparse.csr_matrix(operator, dtype=np.float64)
+    sizes, done = {}, 0
+    for h in sorted({int(h) for h in hops}):
+        while done < h:
+            rows = rows @ operator
+            done += 1
+        squares = np.asarray(rows.multiply(rows).sum(axis=1)).ravel()
+        sizes[h] = float(np.median(1.0 / squares))
+    return sizes
 
 
 def zscore(x: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
+from .._constants import DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, check_random_state, is_int, is_real
-from ._aggregate import check_hops
+from ._aggregate import check_expression_hops, check_hops
 from ._clusterers import (
     CLUSTERERS,
     DEFAULT_K_RANGE,
@@ -111,7 +111,7 @@ def cluster(
     n_starts: int = DEFAULT_N_STARTS,
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
-    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
+    expression_hops: Sequence[int] | Literal["auto"] | None = "auto",
     expression_weight: float = 3.0,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     embedding_key: str = DEFAULT_KEY,
@@ -214,10 +214,13 @@ def cluster(
         ``adata`` holds no ``X``).
     expression_hops
         Neighbourhood scales of the expression (as ``hops``). Thin domains (cortical
-        layers) are served by few hops, large nuclei made of several cell types by many;
-        the default ``(0, 1, 2, 4, 8, 16)`` serves both and was chosen over the
-        development sets of the :doc:`/benchmarks` (hypothalamus ARI 0.38 -> 0.48).
-        ``(0,)`` or ``None``: the cells' own expression only.
+        layers) are served by few hops, large nuclei made of several cell types by many.
+        ``"auto"``: the scales of ``(0, 1, 2, 4, 8, 16)`` that average over at most 0.35
+        of a mean domain (``n_obs / n_clusters`` cells; their effective size is measured
+        on the spatial graph), all six when ``n_clusters`` is not a number. Chosen over
+        the development sets of the :doc:`/benchmarks`: small sections and small domains
+        (spots of a tumour, 60-90 per domain) keep ``(0, 1)``, a hypothalamus slice of
+        8 nuclei keeps all six. ``(0,)`` or ``None``: the cells' own expression only.
     expression_weight
         Weight of the expression block against the mix, times ``1 - f``: both are
         brought to unit total variance, then the expression is multiplied by
@@ -309,7 +312,7 @@ def cluster(
         neighbors_key = f"{key_added}_neighbors"
     check_key_added(neighbors_key, name="neighbors_key")
     hops = check_hops(hops)
-    expression_hops = check_hops(expression_hops, name="expression_hops")
+    expression_hops = check_expression_hops(expression_hops)
     check_n_pcs(n_pcs)
     check_expression_weight(expression_weight)
     spatial, connectome = get_embeddings(adata, embedding_key)
@@ -317,7 +320,7 @@ def cluster(
     method = resolve_method(method, n_clusters)
     start = logg.info(f"clustering spatial domains ({method}, alpha={alpha}, hops={hops})")
     f = mixing_weight(alpha, alpha_scale)
-    mixed, n_expression = domain_features(
+    mixed, n_expression, expression_hops = domain_features(
         adata,
         spatial,
         connectome,
@@ -325,6 +328,7 @@ def cluster(
         hops=hops,
         spatial_graph_key=spatial_graph_key,
         expression_hops=expression_hops,
+        n_clusters=n_clusters,
         n_pcs=n_pcs,
         expression_weight=expression_weight,
         random_state=int(random_state),

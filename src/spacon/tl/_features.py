@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp_sparse
 from anndata import AnnData
 
-from .._constants import DEFAULT_KEY, Key
+from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_KEY, SCALE_DOMAIN_FRACTION, Key
 from .._utils import check_graph
 from .._validators import is_int, is_real
-from ._aggregate import aggregate_neighbors, mean_operator, zscore
+from ._aggregate import aggregate_neighbors, mean_operator, neighbourhood_sizes, zscore
 
 
 def mixing_weight(
@@ -253,6 +253,38 @@ def scales_operator(adata: AnnData, spatial_graph_key: str, users: list[str]):
     return mean_operator(check_graph(adata, spatial_graph_key, hint="sp.pp.spatial_graph(adata)"))
 
 
+def expression_scale_hops(
+    expression_hops: tuple[int, ...] | str,
+    operator: sp_sparse.csr_matrix | None,
+    n_obs: int,
+    n_clusters: int | str | None,
+) -> tuple[int, ...]:
+    """The hops of the expression's scales: ``expression_hops`` as given, or, for
+    ``"auto"``, those of :data:`~spacon._constants.DEFAULT_EXPRESSION_HOPS` that average
+    over at most :data:`~spacon._constants.SCALE_DOMAIN_FRACTION` of a mean domain
+    (``n_obs / n_clusters`` cells, measured by
+    :func:`~spacon.tl._aggregate.neighbourhood_sizes` on ``operator``); all of them when
+    the number of domains is not given."""
+    if expression_hops != "auto":
+        return expression_hops
+    if operator is None or not is_int(n_clusters) or n_clusters < 1:
+        return DEFAULT_EXPRESSION_HOPS
+    limit = SCALE_DOMAIN_FRACTION * n_obs / int(n_clusters)
+    sizes = neighbourhood_sizes(operator, DEFAULT_EXPRESSION_HOPS)
+    return tuple(h for h in DEFAULT_EXPRESSION_HOPS if h == 0 or sizes[h] <= limit)
+
+
+class DomainFeatures(NamedTuple):
+    """What :func:`domain_features` returns."""
+
+    #: The features to cluster, one row per cell.
+    features: np.ndarray
+    #: Expression components among them (0 when none).
+    n_expression: int
+    #: Hops of the expression's scales (``expression_hops`` resolved).
+    expression_hops: tuple[int, ...]
+
+
 def domain_features(
     adata: AnnData,
     spatial: np.ndarray,
@@ -261,41 +293,48 @@ def domain_features(
     *,
     hops: tuple[int, ...],
     spatial_graph_key: str,
-    expression_hops: tuple[int, ...] = (0,),
+    expression_hops: tuple[int, ...] | str = (0,),
+    n_clusters: int | str | None = None,
     n_pcs: int | None = None,
     expression_weight: float = 3.0,
     random_state: int = 0,
     expression: np.ndarray | None = None,
-) -> tuple[np.ndarray, int]:
+) -> DomainFeatures:
     """The mix of both embeddings with its neighbourhood means over ``hops`` of the spatial
     graph side by side (the mix alone when ``hops == (0,)`` and there is no expression),
     and, on the spatial side (``f < 1``), :func:`expression_scales` over ``expression_hops``
-    with ``n_pcs`` components (or the precomputed ``expression``) weighted ``expression_weight * (1 - f)``
-    against the mix, both scaled to unit total variance first. Returns the features and
-    the number of expression components used (0 when none)."""
+    (resolved by :func:`expression_scale_hops` with ``n_clusters``) with ``n_pcs``
+    components (or the precomputed ``expression``) weighted ``expression_weight * (1 - f)``
+    against the mix, both scaled to unit total variance first."""
     mixed = mix_embeddings(spatial, connectome, f)
     needs_expression = (
         f < 1
         and expression_weight > 0
         and (expression is not None or expression_wanted(adata, n_pcs, expression_weight))
     )
+    scales_wanted = needs_expression and expression is None and expression_hops != (0,)
     users = [name for name, used in (
         ("hops", hops != (0,)),
-        ("expression_hops", needs_expression and expression is None and expression_hops != (0,)),
+        ("expression_hops", scales_wanted),
     ) if used]
     op = scales_operator(adata, spatial_graph_key, users) if users else None  # built once
+    expression_hops = expression_scale_hops(
+        expression_hops, op if scales_wanted else None, adata.n_obs, n_clusters
+    )
     features = mixed if hops == (0,) else aggregate_neighbors(mixed, None, hops, operator=op)
     if not needs_expression:
-        return features, 0
+        return DomainFeatures(features, 0, expression_hops)
     if expression is None:
         expression = expression_scales(
             adata, hops=expression_hops, operator=op, n_comps=n_pcs, random_state=random_state
         )
     if expression is None:
-        return features, 0
+        return DomainFeatures(features, 0, expression_hops)
     features = features * np.float32(1.0 / max(_rms_norm(features), 1e-12))
     weight = np.float32(expression_weight * (1.0 - f))
-    return np.hstack([features, weight * expression]), int(expression.shape[1])
+    return DomainFeatures(
+        np.hstack([features, weight * expression]), int(expression.shape[1]), expression_hops
+    )
 
 
 def get_embeddings(adata: AnnData, embedding_key: str = DEFAULT_KEY) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from .._constants import Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata, rollback_on_error
 from .._validators import is_int
-from ._aggregate import check_hops
+from ._aggregate import check_expression_hops, check_hops
 from ._cluster import _check_cluster_options, builds_graph, cluster
 from ._clusterers import check_n_starts
 from ._features import check_expression_weight, check_n_pcs
@@ -284,8 +284,7 @@ def _check_early(
         raise TypeError(f"`cluster_kwargs` has unknown options {unknown} for `sp.tl.cluster`.")
     # the feature options too, so that a typo fails before training, not after it
     check_hops(options.get("hops", defaults["hops"].default))
-    check_hops(options.get("expression_hops", defaults["expression_hops"].default),
-               name="expression_hops")  # fmt: skip
+    check_expression_hops(options.get("expression_hops", defaults["expression_hops"].default))
     check_n_pcs(options.get("n_pcs", defaults["n_pcs"].default))
     check_n_starts(options.get("n_starts", defaults["n_starts"].default))
     check_expression_weight(

@@ -11,17 +11,18 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy.optimize import linear_sum_assignment
 
-from .._constants import DEFAULT_EXPRESSION_HOPS, DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
+from .._constants import DEFAULT_HOPS, DEFAULT_KEY, DEFAULT_N_STARTS, Key
 from .._spatialdata import resolve_table
 from .._utils import check_adata
 from .._validators import check_key_added, check_random_state, is_real
-from ._aggregate import check_hops
+from ._aggregate import check_expression_hops, check_hops
 from ._cluster import _check_cluster_options
 from ._clusterers import partition, resolve_method
 from ._features import (
     check_expression_weight,
     check_n_pcs,
     domain_features,
+    expression_scale_hops,
     expression_scales,
     expression_wanted,
     get_embeddings,
@@ -66,7 +67,7 @@ def alpha_sweep(
     n_starts: int = DEFAULT_N_STARTS,
     hops: Sequence[int] | None = DEFAULT_HOPS,
     n_pcs: int | None = 20,
-    expression_hops: Sequence[int] | None = DEFAULT_EXPRESSION_HOPS,
+    expression_hops: Sequence[int] | Literal["auto"] | None = "auto",
     expression_weight: float = 3.0,
     embedding_key: str = DEFAULT_KEY,
     spatial_graph_key: str = Key.obsp.spatial_connectivities,
@@ -142,7 +143,7 @@ def alpha_sweep(
     check_key_added(key_added)
     check_random_state(random_state)
     hops = check_hops(hops)
-    expression_hops = check_hops(expression_hops, name="expression_hops")
+    expression_hops = check_expression_hops(expression_hops)
     check_expression_weight(expression_weight)
     check_n_pcs(n_pcs)
     spatial, connectome = get_embeddings(adata, embedding_key)
@@ -152,21 +153,27 @@ def alpha_sweep(
         mixing_weight(a, alpha_scale) < 1 for a in alphas
     ):
         # the same at every alpha: computed once
+        operator = None
+        if expression_hops != (0,):
+            operator = scales_operator(adata, spatial_graph_key, ["expression_hops"])
+        expression_hops = expression_scale_hops(
+            expression_hops, operator, adata.n_obs, n_clusters
+        )
         expression = expression_scales(
             adata,
             hops=expression_hops,
-            operator=scales_operator(adata, spatial_graph_key, ["expression_hops"])
-            if expression_hops != (0,)
-            else None,
+            operator=operator,
             n_comps=n_pcs,
             random_state=int(random_state),
         )
+    else:
+        expression_hops = expression_scale_hops(expression_hops, None, adata.n_obs, None)
 
     start = logg.info(f"clustering at alpha = {alphas} ({method})")
     results, weights, previous = [], [], None
     for alpha in alphas:
         f = mixing_weight(alpha, alpha_scale)
-        features, _ = domain_features(
+        features = domain_features(
             adata,
             spatial,
             connectome,
@@ -175,7 +182,7 @@ def alpha_sweep(
             spatial_graph_key=spatial_graph_key,
             expression_weight=expression_weight,
             expression=expression,
-        )
+        ).features
         labels = partition(
             features,
             method=method,
