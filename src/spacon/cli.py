@@ -160,7 +160,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--n-clusters",
         type=_n_clusters,
         default=None,
-        help="number of domains, or 'auto' to choose it by BIC (default: Leiden decides)",
+        help="number of domains, or 'auto' for the most stable in 3-15 (default: Leiden decides)",
     )
     group.add_argument(
         "--resolution", type=float, default=None, help="Leiden resolution (default: 1.0)"

@@ -222,11 +222,32 @@ def test_automatic_expression_scales_follow_n_clusters():
     """Many small domains keep the small scales only; the record says which were used."""
     adata = _quadrants_with_expression()
     sp.tl.cluster(adata, alpha=0.0, n_clusters=4, n_pcs=4, n_starts=1, key_added="few")
-    sp.tl.cluster(adata, alpha=0.0, n_clusters=40, n_pcs=4, n_starts=1, key_added="many")
+    import io
+
+    import scanpy as sc
+
+    verbosity, logfile = sc.settings.verbosity, sc.settings.logfile
+    sc.settings.verbosity, sc.settings.logfile = "hint", io.StringIO()
+    try:
+        sp.tl.cluster(adata, alpha=0.0, n_clusters=40, n_pcs=4, n_starts=1, key_added="many")
+        log = sc.settings.logfile.getvalue()
+    finally:
+        sc.settings.verbosity, sc.settings.logfile = verbosity, logfile
     few = adata.uns["few"]["params"]["expression_hops"]
     many = adata.uns["many"]["params"]["expression_hops"]
     assert few == list(DEFAULT_EXPRESSION_HOPS)
     assert many == list(DEFAULT_EXPRESSION_HOPS[: len(many)]) and len(many) < len(few)
+    assert f"expression scales {tuple(many)}" in log
+    # n_clusters="auto": the domains are those of the k chosen, at the scales fitting it
+    sp.tl.cluster(adata, alpha=0.0, n_clusters="auto", k_range=(8, 10), n_pcs=4, n_starts=1,
+                  key_added="auto")  # fmt: skip
+    chosen = int(adata.uns["auto"]["params"]["n_clusters"])
+    sp.tl.cluster(adata, alpha=0.0, n_clusters=chosen, n_pcs=4, n_starts=1, key_added="fixed")
+    assert adata.uns["auto"]["params"]["expression_hops"] == (
+        adata.uns["fixed"]["params"]["expression_hops"]
+    )
+    assert len(adata.uns["fixed"]["params"]["expression_hops"]) < len(few)
+    np.testing.assert_array_equal(adata.obs["auto"], adata.obs["fixed"])
     sp.tl.alpha_sweep(adata, alphas=[0.0], n_clusters=40, n_pcs=4, n_starts=1, key_added="sw")
     assert adata.uns["sw"]["params"]["expression_hops"] == many
     np.testing.assert_array_equal(

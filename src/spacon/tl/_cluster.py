@@ -33,8 +33,10 @@ from ._features import (
     check_expression_weight,
     check_n_pcs,
     domain_features,
+    expression_scale_hops,
     get_embeddings,
     mixing_weight,
+    scales_operator,
 )
 
 if TYPE_CHECKING:
@@ -217,7 +219,8 @@ def cluster(
         layers) are served by few hops, large nuclei made of several cell types by many.
         ``"auto"``: the scales of ``(0, 1, 2, 4, 8, 16)`` that average over at most 0.35
         of a mean domain (``n_obs / n_clusters`` cells; their effective size is measured
-        on the spatial graph), all six when ``n_clusters`` is not a number. Chosen over
+        on the spatial graph), all six with Leiden; with ``n_clusters="auto"``, k is
+        chosen on all six and the domains are found at the scales that fit it. Chosen over
         the development sets of the :doc:`/benchmarks`: small sections and small domains
         (spots of a tumour, 60-90 per domain) keep ``(0, 1)``, a hypothalamus slice of
         8 nuclei keeps all six. ``(0,)`` or ``None``: the cells' own expression only.
@@ -320,19 +323,23 @@ def cluster(
     method = resolve_method(method, n_clusters)
     start = logg.info(f"clustering spatial domains ({method}, alpha={alpha}, hops={hops})")
     f = mixing_weight(alpha, alpha_scale)
-    mixed, n_expression, expression_hops = domain_features(
-        adata,
-        spatial,
-        connectome,
-        f,
-        hops=hops,
-        spatial_graph_key=spatial_graph_key,
-        expression_hops=expression_hops,
-        n_clusters=n_clusters,
-        n_pcs=n_pcs,
-        expression_weight=expression_weight,
-        random_state=int(random_state),
-    )
+
+    def features_for(k: int | str | None):
+        return domain_features(
+            adata,
+            spatial,
+            connectome,
+            f,
+            hops=hops,
+            spatial_graph_key=spatial_graph_key,
+            expression_hops=expression_hops,
+            n_clusters=k,
+            n_pcs=n_pcs,
+            expression_weight=expression_weight,
+            random_state=int(random_state),
+        )
+
+    mixed, n_expression, scales = features_for(n_clusters)
     stability = None
     requested = n_clusters
     if n_clusters == "auto":
@@ -344,6 +351,11 @@ def cluster(
             deep="    stability per k: "
             + ", ".join(f"{k}: {v:.3f}" for k, v in stability.items()),
         )
+        if expression_hops == "auto" and n_expression:  # the scales that fit the k chosen
+            operator = scales_operator(adata, spatial_graph_key, ["expression_hops"])
+            if expression_scale_hops("auto", operator, adata.n_obs, n_clusters) != scales:
+                mixed, n_expression, scales = features_for(n_clusters)
+    expression_hops = scales
     result = partition(
         mixed,
         method=method,
@@ -409,7 +421,9 @@ def cluster(
         "    finished",
         time=start,
         deep=(
-            f"found {n_found} domains (f={f:.3g}, resolution={final_res:.4g}) and added\n"
+            f"found {n_found} domains (f={f:.3g}, resolution={final_res:.4g}"
+            + (f", expression scales {expression_hops}" if n_expression else "")
+            + ") and added\n"
             f"    {key_added!r}, the domain labels (adata.obs, categorical)\n"
             f"    {features_key!r}, the clustered features (adata.obsm)"
         ),
