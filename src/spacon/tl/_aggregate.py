@@ -46,13 +46,13 @@ def check_hops(hops: object, *, name: str = "hops") -> tuple[int, ...]:
 
 
 #: Cells whose neighbourhoods :func:`neighbourhood_sizes` measures.
-_SIZE_SAMPLE = 256
+_SIZE_SAMPLE = 128
 
 
 def neighbourhood_sizes(operator: sp_sparse.csr_matrix, hops: Sequence[int]) -> dict[int, float]:
     """Effective number of cells that ``h`` hops of ``operator`` (a :func:`mean_operator`)
     average over, for each ``h`` in ``hops``: ``1 / sum(w ** 2)`` of the weights ``w`` that
-    a cell's row of ``P^h`` gives to the others, the median over 256 evenly spread cells.
+    a cell's row of ``P^h`` gives to the others, the median over 128 evenly spread cells.
 
     The rows stay sparse (they reach only the cells within ``h`` hops), so the cost does
     not grow with the number of cells.
