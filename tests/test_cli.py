@@ -187,6 +187,15 @@ def test_clustering_options_reach_the_one_liner():
     assert defaults["cluster_kwargs"] == {"method": "auto"} and "n_clusters" not in defaults
 
 
+def test_automatic_k_for_leiden_says_to_leave_out_the_flag(user_files, tmp_path, capsys):
+    data, fc = user_files
+    code = main(["run", str(data), "--connectivity", str(fc), "--method", "leiden",
+                 "--n-clusters", "auto", "--out", str(tmp_path / "o"), "--quiet"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "leave out `--n-clusters`" in err and "None" not in err, err
+
+
 def test_run_with_automatic_k_and_mixture_starts(user_files, tmp_path, capsys):
     data, fc = user_files
     out = tmp_path / "o"

@@ -30,7 +30,7 @@ def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
 
     A switch reads as itself: ``refine=True`` is ``--refine``; ``refine=False`` is "no
     ``--refine``" ("pass ``refine=False``" is "leave out ``--refine``"), or ``--no-x`` for
-    an option defined with both forms.
+    an option defined with both forms. An option's ``None`` is the flag left out.
     """
     flags = dict(_FLAG_FOR)
     for action in parser._actions:
@@ -41,6 +41,9 @@ def _name_flags(message: str, parser: argparse.ArgumentParser) -> str:
         if action.dest in flags and _is_switch(action):
             message = _name_switch(message, action.dest, flags[action.dest], action)
     for name, flag in flags.items():
+        # an option's default of None is the flag left out
+        message = re.sub(rf"\bpass `{name}=None`", f"leave out `{flag}`", message)
+        message = re.sub(rf"`{name}=None`", f"no `{flag}`", message)
         # `name=value` -> `--flag value`; `name` -> `--flag`; a bare name= -> --flag
         message = re.sub(
             rf"`{name}=([^`]*)`",

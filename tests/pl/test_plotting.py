@@ -251,6 +251,20 @@ def test_sections_3d_saved_png_keeps_the_whole_box(adata, tmp_path):
     assert (border > 250).all()
 
 
+def test_alpha_sweep_clusters_with_the_defaults_of_the_tools():
+    import inspect
+
+    plot = inspect.signature(sp.pl.alpha_sweep).parameters
+    sweep = inspect.signature(sp.tl.alpha_sweep).parameters
+    cluster = inspect.signature(sp.tl.cluster).parameters
+    shared = set(plot) & set(sweep)
+    assert {"expression_hops", "n_starts", "hops", "n_pcs", "expression_weight"} <= shared
+    for name in shared:
+        assert plot[name].default == sweep[name].default, name
+    for name in (set(sweep) & set(cluster)) - {"key_added"}:
+        assert sweep[name].default == cluster[name].default, name
+
+
 def test_alpha_sweep_leaves_adata_unchanged(adata, tmp_path):
     before = adata.copy()
     axes = sp.pl.alpha_sweep(

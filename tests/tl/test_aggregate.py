@@ -154,6 +154,7 @@ def test_expression_block_sits_beside_the_mix_on_the_spatial_side():
     # alpha=1: the connectome side alone, the expression block vanishes
     sp.tl.cluster(adata, alpha=1.0, n_clusters=4, n_pcs=5, key_added="con")
     assert adata.uns["con"]["params"]["n_pcs"] == 0
+    assert adata.uns["con"]["params"]["expression_hops"] == []  # none used
     assert adata.obsm["X_con"].shape == (adata.n_obs, n_mix)
     for off in ({"n_pcs": None}, {"expression_weight": 0}):
         sp.tl.cluster(adata, alpha=0.0, n_clusters=4, key_added="none", **off)
@@ -191,6 +192,21 @@ def test_neighbourhood_sizes_count_the_cells_averaged_over():
     assert sizes[2] < sizes[4] < sizes[8] < 60
     dense = np.linalg.matrix_power(op.toarray().astype(np.float64), 8)
     assert sizes[8] == pytest.approx(1 / (dense[0] ** 2).sum())  # every cell alike
+
+
+def test_neighbourhood_sizes_take_the_median_of_linked_cells():
+    graph = _path_graph(40).tolil()
+    graph[10, 9] = graph[9, 10] = graph[10, 11] = graph[11, 10] = 0  # cell 10 alone
+    graph = sp_sparse.vstack([graph.tocsr(), sp_sparse.csr_matrix((40, 40))]).tocsr()
+    graph = sp_sparse.hstack([graph, sp_sparse.csr_matrix((80, 40))]).tocsr()  # 40 more alone
+    op = mean_operator(graph)
+    dense = np.linalg.matrix_power(op.toarray().astype(np.float64), 3)
+    linked = [i for i in range(40) if i != 10]
+    expected = np.median(1 / (dense[linked] ** 2).sum(axis=1))  # path ends count: not a mean
+    assert neighbourhood_sizes(op, (3,))[3] == pytest.approx(expected)
+    assert expected != pytest.approx(np.mean(1 / (dense[linked] ** 2).sum(axis=1)))
+    lonely = mean_operator(sp_sparse.csr_matrix((5, 5)))
+    assert neighbourhood_sizes(lonely, (0, 4)) == {0: 1.0, 4: 1.0}
 
 
 def test_automatic_expression_scales_fit_a_third_of_a_domain():

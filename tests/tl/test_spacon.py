@@ -75,14 +75,24 @@ def test_one_liner_default_alpha_follows_the_mode(small_flatmap):
     ("option", "match"),
     [({"expression_weight": -1}, "expression_weight"), ({"n_pcs": -2}, "n_pcs"),
      ({"expression_hops": "0, 8"}, "expression_hops"), ({"hops": [-1]}, "hops"),
+     ({"expression_hops": "Auto"}, "expression_hops"),
      ({"n_starts": 0}, "n_starts")],
 )
-def test_one_liner_checks_feature_options_before_training(small_flatmap, option, match):
+def test_one_liner_checks_feature_options_before_training(
+    small_flatmap, option, match, monkeypatch
+):
+    import spacon.tl._spacon as one_liner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the bad option was found only after the graphs or training")
+
+    monkeypatch.setattr(one_liner, "train", never)
+    monkeypatch.setattr(one_liner.pp, "spatial_graph", never)
     adata, _ = small_flatmap
     adata = adata.copy()
     with pytest.raises(ValueError, match=match):
         sp.tl.spacon(adata, n_clusters=4, cluster_kwargs=option)
-    assert Key.obsp.spatial_connectivities not in adata.obsp  # failed before the graphs
+    assert Key.obsp.spatial_connectivities not in adata.obsp
 
 
 def test_one_liner_failure_leaves_adata_unchanged(small_flatmap):

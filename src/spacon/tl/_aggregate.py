@@ -52,13 +52,18 @@ _SIZE_SAMPLE = 128
 def neighbourhood_sizes(operator: sp_sparse.csr_matrix, hops: Sequence[int]) -> dict[int, float]:
     """Effective number of cells that ``h`` hops of ``operator`` (a :func:`mean_operator`)
     average over, for each ``h`` in ``hops``: ``1 / sum(w ** 2)`` of the weights ``w`` that
-    a cell's row of ``P^h`` gives to the others, the median over 128 evenly spread cells.
+    a cell's row of ``P^h`` gives to the others, the median over 128 evenly spread cells
+    that have neighbours.
 
     The rows stay sparse (they reach only the cells within ``h`` hops), so the cost does
     not grow with the number of cells.
     """
     n = operator.shape[0]
-    cells = np.unique(np.linspace(0, n - 1, min(_SIZE_SAMPLE, n)).astype(np.int64))
+    # cells without neighbours are never smoothed: they would pull the median to 1
+    linked = np.flatnonzero(np.diff(operator.indptr) > 1)
+    pool = linked if linked.size else np.arange(n)
+    spread = np.linspace(0, pool.size - 1, min(_SIZE_SAMPLE, pool.size)).astype(np.int64)
+    cells = pool[np.unique(spread)]
     rows = sp_sparse.csr_matrix(
         (np.ones(cells.size, dtype=np.float64), (np.arange(cells.size), cells)),
         shape=(cells.size, n),

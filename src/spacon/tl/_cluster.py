@@ -219,7 +219,7 @@ def cluster(
         layers) are served by few hops, large nuclei made of several cell types by many.
         ``"auto"``: the scales of ``(0, 1, 2, 4, 8, 16)`` that average over at most 0.35
         of a mean domain (``n_obs / n_clusters`` cells; their effective size is measured
-        on the spatial graph), all six with Leiden; with ``n_clusters="auto"``, k is
+        on the spatial graph), all six when ``n_clusters`` is None; with ``"auto"``, k is
         chosen on all six and the domains are found at the scales that fit it. Chosen over
         the development sets of the :doc:`/benchmarks`: small sections and small domains
         (spots of a tumour, 60-90 per domain) keep ``(0, 1)``, a hypothalamus slice of
@@ -275,7 +275,8 @@ def cluster(
     "1", ..., "0" the largest domain), for Leiden and Louvain the neighbour graph under
     ``neighbors_key``, and ``uns[key_added]["params"]`` (``alpha``, ``f``, ``alpha_scale``,
     the ``method`` used, ``hops``, ``n_pcs`` used (0 without expression),
-    ``expression_hops``, ``expression_weight``, ``features_key``, final ``resolution`` (unused by
+    ``expression_hops`` (the scales used, ``[]`` without expression), ``expression_weight``,
+    ``features_key``, final ``resolution`` (unused by
     k-means and the mixture), ``n_clusters`` found, ``random_state``, ``n_neighbors`` and
     ``neighbors_key`` when a graph was built, ``embedding_key``, and, when ``n_clusters``
     was given, ``n_clusters_requested``; with ``"auto"`` also ``k_range``, and the
@@ -395,7 +396,7 @@ def cluster(
         "method": method,
         "hops": list(hops),
         "n_pcs": n_expression,
-        "expression_hops": list(expression_hops),
+        "expression_hops": list(expression_hops) if n_expression else [],
         "expression_weight": float(expression_weight),
         "embedding_key": embedding_key,
         "features_key": features_key,

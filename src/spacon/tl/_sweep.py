@@ -216,7 +216,7 @@ def alpha_sweep(
             **({"n_starts": int(n_starts)} if method == "gmm" else {}),
             "hops": list(hops),
             "n_pcs": 0 if expression is None else int(expression.shape[1]),
-            "expression_hops": list(expression_hops),
+            "expression_hops": [] if expression is None else list(expression_hops),
             "expression_weight": float(expression_weight),
             "embedding_key": embedding_key,
             "resolution": float(resolution),
