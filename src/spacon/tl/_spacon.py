@@ -19,7 +19,6 @@ from .._utils import check_adata, rollback_on_error
 from .._validators import is_int
 from ._aggregate import check_expression_hops, check_hops
 from ._cluster import _check_cluster_options, builds_graph, cluster
-from ._clusterers import check_n_starts
 from ._features import check_expression_weight, check_n_pcs
 from ._inputs import connectome_key_or_spatial
 from ._refine import refine as refine_domains
@@ -286,7 +285,6 @@ def _check_early(
     check_hops(options.get("hops", defaults["hops"].default))
     check_expression_hops(options.get("expression_hops", defaults["expression_hops"].default))
     check_n_pcs(options.get("n_pcs", defaults["n_pcs"].default))
-    check_n_starts(options.get("n_starts", defaults["n_starts"].default))
     check_expression_weight(
         options.get("expression_weight", defaults["expression_weight"].default)
     )
@@ -309,6 +307,7 @@ def _check_early(
         resolution=resolution,
         method=method,
         n_neighbors=n_neighbors,
+        n_starts=options.get("n_starts", defaults["n_starts"].default),
     )
     voters = inspect.signature(refine_domains).parameters["n_neighbors"].default
     if refine and adata.n_obs <= voters:

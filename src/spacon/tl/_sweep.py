@@ -166,8 +166,6 @@ def alpha_sweep(
             n_comps=n_pcs,
             random_state=int(random_state),
         )
-    else:
-        expression_hops = expression_scale_hops(expression_hops, None, adata.n_obs, None)
 
     start = logg.info(f"clustering at alpha = {alphas} ({method})")
     results, weights, previous = [], [], None
